@@ -1,0 +1,247 @@
+"""The `bigmodel` command line. It registers commands and nothing more: torch, transformers and
+datasets are imported inside the commands, so `--help` and recipe errors answer at once."""
+
+from __future__ import annotations
+
+import json
+import os
+import sys
+from pathlib import Path
+from typing import Optional
+
+import typer
+
+from bigmodel_cli.errors import BigmodelError
+
+app = typer.Typer(
+    name="bigmodel",
+    help="Pretrain, fine-tune and evaluate BERT models, one command each. Works offline.",
+    no_args_is_help=True,
+    add_completion=False,
+    pretty_exceptions_enable=False,
+    context_settings={"help_option_names": ["-h", "--help"]},
+)
+recipes_app = typer.Typer(help="List, show and copy the shipped recipes.", no_args_is_help=True)
+app.add_typer(recipes_app, name="recipes")
+
+RecipeOpt = typer.Option(None, "--recipe", "-r", help="A shipped recipe name (see `bigmodel recipes list`) or a YAML file.")
+OutputOpt = typer.Option(None, "--output-dir", "-o", help="Run directory. Default: runs/<recipe name>.")
+SetOpt = typer.Option(None, "--set", "-s", help="Override a recipe key, e.g. training.learning_rate=3e-5 (repeatable).")
+OverwriteOpt = typer.Option(False, "--overwrite", help="Replace a finished or different run in --output-dir.")
+QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bars or summary; errors still show.")
+
+
+def _setup(quiet: bool) -> None:
+    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    if quiet:
+        os.environ["TRANSFORMERS_VERBOSITY"] = "error"
+        os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
+        os.environ["TQDM_DISABLE"] = "1"
+
+
+def _run_dir(output_dir: Optional[Path], default_name: str) -> Path:
+    return output_dir or Path("runs") / default_name
+
+
+def _prepare(run_dir: Path, recipe, overwrite: bool) -> Optional[Path]:
+    from bigmodel_cli.rundir import checkpoints, prepare_run_dir
+
+    if int(os.environ.get("RANK", "0")) != 0:  # the main process prepares; the others follow it
+        found = checkpoints(run_dir) if run_dir.is_dir() and not overwrite else []
+        return found[-1] if found else None
+    resume = prepare_run_dir(run_dir, recipe.model_dump(mode="json"), overwrite)
+    if resume is not None:
+        _say(f"resuming from {resume}")
+    return resume
+
+
+def _say(text: str) -> None:
+    if int(os.environ.get("RANK", "0")) == 0:
+        print(text, file=sys.stderr)
+
+
+def _summary(title: str, metrics: dict, run_dir: Optional[Path], quiet: bool, keys: list[str]) -> None:
+    if quiet or int(os.environ.get("RANK", "0")) != 0:
+        return
+    from rich.console import Console
+    from rich.table import Table
+
+    table = Table(title=title, show_header=True)
+    table.add_column("metric")
+    table.add_column("value", justify="right")
+    for key in keys:
+        if key in metrics:
+            value = metrics[key]
+            table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+    console = Console(stderr=True)
+    console.print(table)
+    if run_dir is not None:
+        console.print(f"model, tokenizer, metrics.json, resolved_recipe.yaml and README.md in [bold]{run_dir}[/bold]")
+
+
+@app.command()
+def pretrain(
+    recipe: str = typer.Option("pretrain/bert-tiny", "--recipe", "-r", help="A shipped recipe name or a YAML file."),
+    output_dir: Optional[Path] = OutputOpt,
+    set_: Optional[list[str]] = SetOpt,
+    overwrite: bool = OverwriteOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Pretrain a BERT masked-language model from scratch on plain text, one example per line.
+
+    Trains a WordPiece tokenizer on the corpus unless the recipe names one, and reports held-out
+    perplexity. Running the same command again resumes an interrupted run.
+    """
+    from bigmodel_cli.recipe import load_recipe, recipe_name
+
+    _setup(quiet)
+    loaded, _ = load_recipe("pretrain", recipe, overrides=set_)
+    run_dir = _run_dir(output_dir, recipe_name(recipe))
+    resume = _prepare(run_dir, loaded, overwrite)
+    from bigmodel_cli import pretrain as job
+
+    metrics = job.run(loaded, run_dir, resume, quiet)
+    _summary("pretrain", metrics, run_dir, quiet, ["train_samples", "train_runtime", "train_tokens_per_second",
+                                                  "train_loss", "eval_loss", "perplexity", "model_parameters"])
+
+
+@app.command()
+def finetune(
+    task: Optional[str] = typer.Option(None, "--task", "-t", help="GLUE task: cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli."),
+    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model folder (e.g. a pretrain run) or hub id."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder with GLUE's own files for the task; default: the hub."),
+    train_file: Optional[Path] = typer.Option(None, "--train-file", help="Your own training data: CSV, TSV, JSON or JSON Lines."),
+    validation_file: Optional[Path] = typer.Option(None, "--validation-file", help="Your own validation data."),
+    recipe: Optional[str] = RecipeOpt,
+    output_dir: Optional[Path] = OutputOpt,
+    set_: Optional[list[str]] = SetOpt,
+    overwrite: bool = OverwriteOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Fine-tune a sequence classifier on a GLUE task or your own labelled files.
+
+    Evaluates on the dev split after every epoch and keeps the best epoch. Default recipe:
+    finetune/<task> (or finetune/custom for your own files).
+    """
+    from bigmodel_cli.recipe import list_recipes, load_recipe, recipe_name
+
+    _setup(quiet)
+    if recipe is None:
+        shipped = f"finetune/{task.lower()}" if task else "finetune/custom"
+        recipe = shipped if shipped in list_recipes() else "finetune/custom"
+    flags = {
+        "data.task": task.lower() if task else None,
+        "model.name_or_path": model,
+        "data.data_dir": str(data_dir) if data_dir else None,
+        "data.train_file": str(train_file) if train_file else None,
+        "data.validation_file": str(validation_file) if validation_file else None,
+    }
+    if train_file:
+        flags["data.task"] = None
+    loaded, _ = load_recipe("finetune", recipe, flags=flags, overrides=set_)
+    if train_file and loaded.data.task:
+        loaded.data.task = None
+    default_name = loaded.data.task or (Path(loaded.data.train_file).stem if loaded.data.train_file else recipe_name(recipe))
+    run_dir = _run_dir(output_dir, default_name)
+    resume = _prepare(run_dir, loaded, overwrite)
+    from bigmodel_cli import finetune as job
+
+    metrics = job.run(loaded, run_dir, resume, quiet)
+    keys = ["train_samples", "eval_samples", "train_runtime", "train_samples_per_second", "best_checkpoint"]
+    keys += [k for k in metrics if k.startswith("eval_") and k not in ("eval_samples",)]
+    _summary(f"finetune {loaded.data.task or 'custom'}", metrics, run_dir, quiet, keys)
+
+
+@app.command("eval")
+def evaluate(
+    model: str = typer.Option(..., "--model", "-m", help="A saved model folder (a finetune or pretrain run)."),
+    task: Optional[str] = typer.Option(None, "--task", "-t", help="GLUE task, or 'mlm' for perplexity. Default: the model's own."),
+    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder with GLUE's own files; default: the hub."),
+    data_file: Optional[Path] = typer.Option(None, "--data-file", help="One labelled file (GLUE TSV, CSV, JSON, JSON Lines), or text for mlm."),
+    split: str = typer.Option("validation", "--split", help="train, validation (dev), test, or MNLI's validation_mismatched."),
+    batch_size: int = typer.Option(256, "--batch-size", help="Examples per batch.", min=1),
+    as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line of stdout."),
+) -> None:
+    """Evaluate a saved model: accuracy/F1 or the task's official metric, or perplexity (--task mlm)."""
+    from bigmodel_cli import evaluation
+
+    _setup(True)
+    if task and task.lower() == "mlm":
+        metrics = evaluation.evaluate_mlm_on(model, str(data_file) if data_file else None, batch_size)
+    else:
+        metrics = evaluation.evaluate_classifier_on(model, task, split, str(data_dir) if data_dir else None,
+                                                    str(data_file) if data_file else None, batch_size)
+    if as_json:
+        print(json.dumps(metrics, sort_keys=True))
+    else:
+        for key, value in sorted(metrics.items()):
+            print(f"{key:24s} {value:.4f}" if isinstance(value, float) else f"{key:24s} {value}")
+
+
+@recipes_app.command("list")
+def recipes_list() -> None:
+    """List the shipped recipes."""
+    from bigmodel_cli.recipe import find_recipe, list_recipes
+
+    for name in list_recipes():
+        first = find_recipe(name).read_text(encoding="utf-8").splitlines()[0].lstrip("# ")
+        print(f"{name:32s} {first}")
+
+
+@recipes_app.command("show")
+def recipes_show(name: str = typer.Argument(..., help="Recipe name, e.g. pretrain/bert-tiny.")) -> None:
+    """Print a shipped recipe."""
+    from bigmodel_cli.recipe import find_recipe
+
+    print(find_recipe(name).read_text(encoding="utf-8"), end="")
+
+
+@recipes_app.command("copy")
+def recipes_copy(
+    name: str = typer.Argument(..., help="Recipe name, e.g. finetune/mrpc."),
+    dest: Path = typer.Argument(..., help="Where to write the copy (a file or a folder)."),
+) -> None:
+    """Copy a shipped recipe to edit it; never overwrites an existing file."""
+    from bigmodel_cli.recipe import find_recipe
+
+    source = find_recipe(name)
+    target = dest / source.name if dest.is_dir() else dest
+    if target.exists():
+        raise BigmodelError(f"{target} already exists; choose another destination")
+    target.parent.mkdir(parents=True, exist_ok=True)
+    target.write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
+    print(target)
+
+
+def main() -> None:
+    """Entry point: `error: ...` and exit 2 for bad input; `--debug` anywhere shows the traceback."""
+    import click
+
+    argv = sys.argv[1:]
+    debug = "--debug" in argv or os.environ.get("BIGMODEL_DEBUG") == "1"
+    argv = [a for a in argv if a != "--debug"]
+    try:
+        result = app(args=argv, prog_name="bigmodel", standalone_mode=False)
+    except BigmodelError as e:
+        if debug:
+            raise
+        print(f"error: {e}", file=sys.stderr)
+        sys.exit(e.exit_code)
+    except click.ClickException as e:
+        e.show()
+        sys.exit(e.exit_code)
+    except (click.exceptions.Abort, KeyboardInterrupt):
+        print("interrupted", file=sys.stderr)
+        sys.exit(130)
+    except click.exceptions.Exit as e:
+        sys.exit(e.exit_code)
+    except Exception as e:  # a bug or an unforeseen failure: one line, the traceback on request
+        if debug:
+            raise
+        print(f"error: {type(e).__name__}: {e} (run again with --debug for the traceback)", file=sys.stderr)
+        sys.exit(1)
+    sys.exit(result if isinstance(result, int) else 0)
+
+
+if __name__ == "__main__":
+    main()

@@ -1,0 +1,321 @@
+"""Recipes: plain YAML turned into typed, validated objects at the edge.
+
+`load_recipe()` merges defaults < YAML < command-line flags < `--set key=value` overrides, in that
+order. An unknown key, a wrong type or an impossible value is a `BigmodelError` that names the
+file, the key and, for a typo, the nearest valid key. Past this module no code sees a raw dict.
+"""
+
+from __future__ import annotations
+
+import difflib
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from bigmodel_cli.errors import BigmodelError
+
+SOURCE_RECIPES = Path(__file__).resolve().parent.parent / "recipes"  # a source checkout
+PACKAGED_RECIPES = Path(__file__).resolve().parent / "recipes"  # an installed wheel
+
+
+def recipes_dir() -> Path:
+    return PACKAGED_RECIPES if PACKAGED_RECIPES.is_dir() else SOURCE_RECIPES
+
+
+class Section(BaseModel):
+    model_config = ConfigDict(extra="forbid", validate_assignment=True)
+
+
+# --------------------------------------------------------------------------------------------
+# Shared: the Trainer's own arguments, under their TrainingArguments names.
+# --------------------------------------------------------------------------------------------
+class TrainingSection(Section):
+    """Fields named as in `transformers.TrainingArguments`, so `--set training.X=...` means what a
+    Hugging Face user expects. `time_budget` is bigmodel's own."""
+
+    learning_rate: float = Field(5e-5, gt=0)  # peak learning rate of the schedule
+    num_train_epochs: float = Field(3.0, gt=0)  # passes over the training set (max_steps wins if > 0)
+    max_steps: int = -1  # total optimizer steps; -1 means num_train_epochs decides
+    per_device_train_batch_size: int = Field(32, ge=1)  # examples per process per step
+    per_device_eval_batch_size: int = Field(128, ge=1)  # examples per process per eval batch
+    gradient_accumulation_steps: int = Field(1, ge=1)  # micro-batches summed into one step
+    warmup_steps: float = Field(0.0, ge=0)  # an int is steps; a float in [0, 1) a fraction of all steps
+    weight_decay: float = Field(0.0, ge=0)  # AdamW decoupled weight decay
+    lr_scheduler_type: str = "linear"  # any transformers SchedulerType: linear, cosine, constant...
+    max_grad_norm: float = Field(1.0, ge=0)  # gradient clipping; 0 turns it off
+    adam_beta2: float = Field(0.999, gt=0, lt=1)
+    seed: int = 42  # seeds model init, data order and masking
+    logging_steps: float = Field(20, gt=0)  # log the training loss every N steps
+    eval_strategy: Literal["no", "steps", "epoch"] = "epoch"  # when to evaluate during training
+    eval_steps: float | None = None  # with eval_strategy=steps
+    save_strategy: Literal["no", "steps", "epoch"] = "epoch"  # when to write a checkpoint
+    save_steps: float = Field(500, gt=0)  # with save_strategy=steps
+    save_total_limit: int | None = Field(2, ge=1)  # checkpoints kept on disk (the best is never deleted)
+    bf16: bool = False  # bfloat16 autocast (CPU with AVX512-BF16/AMX, or Ampere+ GPU)
+    dataloader_num_workers: int = Field(0, ge=0)  # background processes that collate batches
+    report_to: list[str] = ["tensorboard"]  # experiment loggers: tensorboard, wandb, mlflow, none
+    time_budget: float | None = Field(None, gt=0)  # seconds of training; the schedule ends at zero then
+
+    @model_validator(mode="after")
+    def _check(self) -> TrainingSection:
+        if self.warmup_steps >= 1 and self.warmup_steps != int(self.warmup_steps):
+            raise ValueError("warmup_steps: give whole steps (e.g. 100) or a fraction below 1 (e.g. 0.1)")
+        if self.max_steps == 0 or self.max_steps < -1:
+            raise ValueError("max_steps: must be a positive number of steps, or -1 to use num_train_epochs")
+        return self
+
+    def trainer_kwargs(self) -> dict[str, Any]:
+        """The fields that `TrainingArguments` takes, in its own units."""
+        kwargs = self.model_dump(exclude={"time_budget"})
+        if kwargs["warmup_steps"] >= 1:
+            kwargs["warmup_steps"] = int(kwargs["warmup_steps"])
+        if kwargs["eval_steps"] is None:
+            kwargs.pop("eval_steps")
+        return kwargs
+
+
+# --------------------------------------------------------------------------------------------
+# pretrain
+# --------------------------------------------------------------------------------------------
+class BertSection(Section):
+    """The shape of a BERT trained from scratch (`transformers.BertConfig` names)."""
+
+    num_hidden_layers: int = Field(2, ge=1)  # transformer blocks
+    hidden_size: int = Field(128, ge=8)  # width of every block
+    num_attention_heads: int = Field(2, ge=1)  # must divide hidden_size
+    intermediate_size: int = Field(512, ge=8)  # feed-forward width
+    max_position_embeddings: int = Field(512, ge=8)  # longest sequence the model can see
+    hidden_dropout_prob: float = Field(0.1, ge=0, lt=1)
+    attention_probs_dropout_prob: float = Field(0.1, ge=0, lt=1)
+
+    @model_validator(mode="after")
+    def _heads_divide_width(self) -> BertSection:
+        if self.hidden_size % self.num_attention_heads:
+            raise ValueError(
+                f"hidden_size {self.hidden_size} is not divisible by num_attention_heads "
+                f"{self.num_attention_heads}"
+            )
+        return self
+
+
+class TokenizerSection(Section):
+    name_or_path: str | None = None  # an existing tokenizer; null trains a WordPiece one on the corpus
+    vocab_size: int = Field(30522, ge=16)  # size of the trained WordPiece vocabulary
+    lowercase: bool = True  # lower-case and strip accents before splitting
+    min_frequency: int = Field(2, ge=1)  # a pair must occur this often to become a token
+
+
+class CorpusSection(Section):
+    train_files: list[str] = []  # plain text, one example per line; blank lines are dropped
+    eval_files: list[str] = []  # held-out text; empty: hold out validation_split_percentage of train
+    dataset_name: str | None = None  # a hub data set with a `text` column, used when train_files is empty
+    dataset_config_name: str | None = None
+    validation_split_percentage: float = Field(5.0, gt=0, lt=100)  # % of lines held out
+    max_seq_length: int = Field(128, ge=8)  # tokens per sequence, [CLS] and [SEP] included
+    mlm_probability: float = Field(0.15, gt=0, lt=1)  # share of tokens masked for prediction
+    max_train_samples: int | None = Field(None, ge=1)  # keep only the first N lines (debugging)
+    max_eval_samples: int | None = Field(None, ge=1)
+    packing: bool = True  # put several lines in one sequence (block-diagonal attention, exact)
+
+    @model_validator(mode="after")
+    def _has_source(self) -> CorpusSection:
+        if not self.train_files and not self.dataset_name:
+            raise ValueError("give data.train_files (local text files) or data.dataset_name (hub)")
+        return self
+
+
+class PretrainRecipe(Section):
+    model: BertSection = BertSection()
+    tokenizer: TokenizerSection = TokenizerSection()
+    data: CorpusSection
+    training: TrainingSection = TrainingSection()
+
+    @model_validator(mode="after")
+    def _fits(self) -> PretrainRecipe:
+        if self.data.max_seq_length > self.model.max_position_embeddings:
+            raise ValueError(
+                f"data.max_seq_length {self.data.max_seq_length} is above "
+                f"model.max_position_embeddings {self.model.max_position_embeddings}"
+            )
+        return self
+
+
+# --------------------------------------------------------------------------------------------
+# finetune
+# --------------------------------------------------------------------------------------------
+class ClassifierSection(Section):
+    name_or_path: str = "sentence-transformers/all-MiniLM-L6-v2"  # local directory or hub id
+    trust_remote_code: bool = False  # run code shipped with a hub model (off unless you trust it)
+
+
+class LabelledDataSection(Section):
+    task: str | None = None  # a GLUE task (cola, sst2, mrpc, ...); null for your own files
+    data_dir: str | None = None  # a folder in GLUE's own layout; null loads nyu-mll/glue from the hub
+    train_file: str | None = None  # your own CSV, TSV, JSON or JSON Lines file
+    validation_file: str | None = None
+    test_file: str | None = None
+    text_column: str | None = None  # null: found as run_glue.py finds it
+    text_pair_column: str | None = None
+    label_column: str | None = None
+    max_seq_length: int = Field(128, ge=8)  # longer inputs are truncated
+    max_train_samples: int | None = Field(None, ge=1)  # keep the first N examples (debugging)
+    max_eval_samples: int | None = Field(None, ge=1)
+
+
+class FinetuneRecipe(Section):
+    model: ClassifierSection = ClassifierSection()
+    data: LabelledDataSection = LabelledDataSection()
+    training: TrainingSection = TrainingSection()
+
+    @model_validator(mode="after")
+    def _has_data(self) -> FinetuneRecipe:
+        if not self.data.task and not self.data.train_file:
+            raise ValueError("give a GLUE task (--task / data.task) or your own data.train_file")
+        return self
+
+
+RECIPE_TYPES: dict[str, type[Section]] = {"pretrain": PretrainRecipe, "finetune": FinetuneRecipe}
+
+
+# --------------------------------------------------------------------------------------------
+# Loading
+# --------------------------------------------------------------------------------------------
+def find_recipe(name_or_path: str) -> Path:
+    """A YAML path, or the name of a shipped recipe such as `pretrain/bert-tiny`."""
+    path = Path(name_or_path)
+    if path.is_file():
+        return path
+    shipped = recipes_dir() / f"{name_or_path.removesuffix('.yaml')}.yaml"
+    if shipped.is_file():
+        return shipped
+    if path.suffix in {".yaml", ".yml"} or path.parent != Path("."):
+        names = ", ".join(list_recipes())
+        raise BigmodelError(f"recipe '{name_or_path}' not found: no such file, and no shipped recipe {names}")
+    raise BigmodelError(f"recipe '{name_or_path}' not found; shipped recipes: {', '.join(list_recipes())}")
+
+
+def list_recipes(kind: str | None = None) -> list[str]:
+    root = recipes_dir()
+    names = sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
+    return [n for n in names if kind is None or n.startswith(f"{kind}/")]
+
+
+def parse_override(text: str) -> tuple[list[str], Any]:
+    """`training.learning_rate=3e-5` -> (["training", "learning_rate"], 3e-5). Values are YAML:
+    `[a.txt,b.txt]` is a list, `null` is None, `true` a bool."""
+    key, sep, raw = text.partition("=")
+    if not sep or not key.strip():
+        raise BigmodelError(f"--set '{text}': expected key=value, e.g. training.learning_rate=3e-5")
+    try:
+        value = yaml.safe_load(raw) if raw.strip() else ""
+    except yaml.YAMLError:
+        value = raw
+    return key.strip().split("."), value
+
+
+def _set_nested(tree: dict, keys: list[str], value: Any, origin: str) -> None:
+    for key in keys[:-1]:
+        node = tree.setdefault(key, {})
+        if not isinstance(node, dict):
+            raise BigmodelError(f"{origin}: '{key}' is a value, not a section")
+        tree = node
+    tree[keys[-1]] = value
+
+
+def _nearest_key(model: type[BaseModel], loc: tuple) -> str | None:
+    """The valid key closest to an unknown one, walking the sections named by `loc`."""
+    for part in loc[:-1]:
+        field = model.model_fields.get(str(part))
+        if field is None or not isinstance(field.annotation, type) or not issubclass(field.annotation, BaseModel):
+            return None
+        model = field.annotation
+    match = difflib.get_close_matches(str(loc[-1]), list(model.model_fields), n=1, cutoff=0.5)
+    return ".".join([*map(str, loc[:-1]), match[0]]) if match else None
+
+
+def describe_errors(error: ValidationError, model: type[BaseModel], origin: str) -> str:
+    problems = []
+    for item in error.errors():
+        loc = tuple(p for p in item["loc"] if not isinstance(p, int) or len(item["loc"]) == 1)
+        key = ".".join(str(p) for p in item["loc"])
+        if item["type"] == "extra_forbidden":
+            near = _nearest_key(model, loc)
+            hint = f" (did you mean '{near}'?)" if near else ""
+            problems.append(f"unknown key '{key}'{hint}")
+        elif item["type"] == "missing":
+            problems.append(f"missing key '{key}'")
+        else:
+            message = item["msg"].removeprefix("Value error, ")
+            got = item.get("input")
+            shown = "" if isinstance(got, dict) or got is None else f" (got {got!r})"
+            problems.append(f"'{key}': {message}{shown}" if key else message)
+    return f"{origin}: " + "; ".join(problems)
+
+
+def load_recipe(
+    kind: str,
+    name_or_path: str,
+    flags: dict[str, Any] | None = None,
+    overrides: list[str] | None = None,
+) -> tuple[Any, dict]:
+    """Load a recipe of `kind` ("pretrain" or "finetune"). Returns the typed recipe and the merged
+    raw tree (what `--set` and the flags changed, for the record)."""
+    path = find_recipe(name_or_path)
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8")) or {}
+    except yaml.YAMLError as e:
+        mark = getattr(e, "problem_mark", None)
+        where = f" line {mark.line + 1}" if mark else ""
+        raise BigmodelError(f"recipe {path}{where}: not valid YAML ({getattr(e, 'problem', e)})") from None
+    except UnicodeDecodeError:
+        raise BigmodelError(f"recipe {path}: not UTF-8 text") from None
+    if not isinstance(tree, dict):
+        raise BigmodelError(f"recipe {path}: expected a mapping of sections (model, data, training)")
+    for dotted, value in (flags or {}).items():
+        if value is not None:
+            _set_nested(tree, dotted.split("."), value, f"recipe {path}")
+    for text in overrides or []:
+        keys, value = parse_override(text)
+        _set_nested(tree, keys, value, f"--set {text}")
+    model = RECIPE_TYPES[kind]
+    try:
+        recipe = model.model_validate(tree)
+    except ValidationError as e:
+        raise BigmodelError(describe_errors(e, model, f"recipe {path}")) from None
+    resolve_paths(recipe, path.parent)
+    return recipe, tree
+
+
+PATH_FIELDS = ("train_files", "eval_files", "data_dir", "train_file", "validation_file", "test_file")
+
+
+def resolve_paths(recipe: Section, recipe_dir: Path) -> None:
+    """Relative data paths resolve against the working directory, else against the recipe's own
+    folder (so a shipped recipe finds the data shipped beside it from anywhere)."""
+
+    def resolve(value: str) -> str:
+        if Path(value).is_absolute() or Path(value).exists():
+            return value
+        beside = (recipe_dir / value).resolve()
+        return str(beside) if beside.exists() else value
+
+    data = getattr(recipe, "data", None)
+    for name in PATH_FIELDS:
+        value = getattr(data, name, None)
+        if isinstance(value, list):
+            setattr(data, name, [resolve(v) for v in value])
+        elif isinstance(value, str):
+            setattr(data, name, resolve(value))
+
+
+def recipe_name(name_or_path: str) -> str:
+    """A short name for run directories: `pretrain/bert-tiny` -> `bert-tiny`."""
+    return Path(name_or_path).stem
+
+
+def dump_recipe(recipe: Section, path: Path, header: str) -> None:
+    """Write the resolved recipe: every value the run used, defaults included."""
+    text = yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
+    path.write_text(f"# {header}\n{text}", encoding="utf-8")

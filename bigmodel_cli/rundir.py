@@ -1,0 +1,163 @@
+"""Run directories: every output folder explains itself and nothing a user had is lost.
+
+A run directory holds the model and tokenizer in the Hugging Face layout, `resolved_recipe.yaml`,
+`metrics.json`, a model card `README.md`, TensorBoard logs and, while training, `checkpoint-*`.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import os
+import shutil
+from pathlib import Path
+
+import yaml
+
+from bigmodel_cli.errors import BigmodelError
+
+RECIPE_FILE = "resolved_recipe.yaml"
+METRICS_FILE = "metrics.json"
+
+
+def _same_recipe(path: Path, resolved: dict) -> bool:
+    try:
+        return yaml.safe_load(path.read_text(encoding="utf-8")) == resolved
+    except (OSError, yaml.YAMLError):
+        return False
+
+
+def checkpoints(run_dir: Path) -> list[Path]:
+    """Complete checkpoints, oldest first. A checkpoint is complete once the Trainer wrote its
+    `trainer_state.json`, which it writes last; a half-written one (a kill mid-save) is skipped."""
+    found = [p for p in run_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
+    return sorted((p for p in found if (p / "trainer_state.json").is_file()), key=lambda p: int(p.name.split("-")[-1]))
+
+
+def prepare_run_dir(run_dir: Path, resolved: dict, overwrite: bool) -> Path | None:
+    """Make `run_dir` ready. Returns the checkpoint to resume from, if the folder holds an
+    unfinished run of the same recipe; refuses a folder that holds anything else."""
+    run_dir = Path(run_dir)
+    if run_dir.exists() and not run_dir.is_dir():
+        raise BigmodelError(f"--output-dir {run_dir} is a file; choose a folder")
+    if run_dir.is_dir() and any(run_dir.iterdir()):
+        recipe_file = run_dir / RECIPE_FILE
+        if overwrite:
+            if not recipe_file.is_file() and not checkpoints(run_dir):
+                raise BigmodelError(
+                    f"--output-dir {run_dir} holds files that are not a bigmodel run; "
+                    "--overwrite replaces only run folders: choose another --output-dir"
+                )
+            shutil.rmtree(run_dir)
+        elif not recipe_file.is_file():
+            raise BigmodelError(
+                f"--output-dir {run_dir} is not empty and holds no bigmodel run; choose another --output-dir"
+            )
+        elif (run_dir / METRICS_FILE).is_file():
+            raise BigmodelError(
+                f"--output-dir {run_dir} already holds a finished run; pass --overwrite to replace it "
+                "or choose another --output-dir"
+            )
+        elif not _same_recipe(recipe_file, resolved):
+            raise BigmodelError(
+                f"--output-dir {run_dir} holds an unfinished run of a different recipe; pass --overwrite "
+                "to replace it or choose another --output-dir"
+            )
+        else:
+            found = checkpoints(run_dir)
+            return found[-1] if found else None
+    try:
+        run_dir.mkdir(parents=True, exist_ok=True)
+        probe = run_dir / ".write-test"
+        probe.write_text("ok")
+        probe.unlink()
+    except OSError as e:
+        raise BigmodelError(f"cannot write to --output-dir {run_dir} ({e.strerror}); choose a writable folder") from None
+    return None
+
+
+def write_json(path: Path, data: dict) -> None:
+    """Write JSON so that a kill mid-write never leaves a truncated file (write, then rename)."""
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(json.dumps(data, indent=2, sort_keys=True, default=_jsonable) + "\n", encoding="utf-8")
+    os.replace(tmp, path)
+
+
+def _jsonable(value):
+    if hasattr(value, "item"):
+        return value.item()
+    raise TypeError(f"not JSON serializable: {type(value).__name__}")
+
+
+def clean_metrics(metrics: dict) -> dict:
+    """Floats as JSON can hold them: inf and nan become strings rather than invalid JSON."""
+    out = {}
+    for key, value in metrics.items():
+        if hasattr(value, "item"):
+            value = value.item()
+        if isinstance(value, float) and not math.isfinite(value):
+            value = str(value)
+        out[key] = value
+    return out
+
+
+def write_model_card(run_dir: Path, *, title: str, summary: str, metrics: dict, command: str,
+                     load_class: str, tags: list[str], datasets: list[str]) -> None:
+    """A Hugging Face model card: YAML front matter (tags, metrics) and how to load the model."""
+    front = {"library_name": "transformers", "tags": ["bigmodel", *tags]}
+    if datasets:
+        front["datasets"] = datasets
+    front["model-index"] = [
+        {
+            "name": title,
+            "results": [
+                {
+                    "task": {"type": tags[0] if tags else "other"},
+                    "metrics": [
+                        {"type": k, "value": v}
+                        for k, v in metrics.items()
+                        if k.startswith("eval_") or k == "perplexity"
+                    ],
+                }
+            ],
+        }
+    ]
+    rows = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in sorted(metrics.items()))
+    text = f"""---
+{yaml.safe_dump(front, sort_keys=False).strip()}
+---
+
+# {title}
+
+{summary}
+
+## How it was made
+
+```
+{command}
+```
+
+The full recipe is in `resolved_recipe.yaml` beside this card; running the command above with it
+reproduces the run.
+
+## Results
+
+| metric | value |
+| --- | --- |
+{rows}
+
+## How to use it
+
+```python
+from transformers import AutoTokenizer, {load_class}
+
+tokenizer = AutoTokenizer.from_pretrained("{run_dir.name}")
+model = {load_class}.from_pretrained("{run_dir.name}")
+```
+
+## Intended use and limits
+
+Made with bigmodel for research and teaching. The figures above hold for the data named here;
+check the model on your own data before you rely on it.
+"""
+    (run_dir / "README.md").write_text(text, encoding="utf-8")

@@ -1,0 +1,85 @@
+"""Scoring a sequence classifier: batched inference and the task's official metrics.
+
+Metrics go through `evaluate`, from the modules shipped in `bigmodel_cli/metrics/` and loaded by
+path, so they work with the hub unreachable and `HF_HUB_OFFLINE=1`.
+"""
+
+from __future__ import annotations
+
+import math
+from functools import cache
+from pathlib import Path
+
+import numpy as np
+
+METRICS_DIR = Path(__file__).resolve().parent / "metrics"
+
+
+@cache
+def load_metric(name: str):
+    import evaluate
+
+    module = METRICS_DIR / name / f"{name}.py"
+    if not module.is_file():
+        raise ValueError(f"no shipped metric module '{name}' (have: {sorted(p.name for p in METRICS_DIR.iterdir())})")
+    return evaluate.load(str(module))
+
+
+def task_metrics(metric_names: tuple[str, ...], predictions, references) -> dict[str, float]:
+    """The named metrics over predictions and references; several are also averaged (run_glue.py's
+    `combined_score`)."""
+    scores: dict[str, float] = {}
+    for name in metric_names:
+        scores.update(load_metric(name).compute(predictions=predictions, references=references))
+    if len(scores) > 1:
+        scores["combined_score"] = float(np.mean(list(scores.values())))
+    return scores
+
+
+def score_logits(logits: np.ndarray, labels: np.ndarray, metric_names, is_regression: bool) -> dict[str, float]:
+    """Loss and metrics of classifier outputs. The loss is the mean cross-entropy (MSE for
+    regression), as the model's own forward computes it."""
+    logits = np.asarray(logits, dtype=np.float64)
+    if is_regression:
+        predictions = logits.reshape(-1)
+        loss = float(np.mean((predictions - labels) ** 2))
+    else:
+        shifted = logits - logits.max(axis=-1, keepdims=True)
+        log_probs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
+        loss = float(-log_probs[np.arange(len(labels)), labels.astype(int)].mean())
+        predictions = logits.argmax(axis=-1)
+    scores = task_metrics(tuple(metric_names), predictions, labels)
+    return {"loss": loss, **scores}
+
+
+def predict_logits(model, tokenizer, features, batch_size: int = 256, progress: bool = False) -> np.ndarray:
+    """Logits for tokenized examples (dicts with `input_ids`, ...), in their original order.
+
+    Examples are sorted by length so that each batch pads only to its own longest member, and run
+    under `torch.inference_mode`: evaluation then costs little more than the real tokens.
+    """
+    import torch
+    from tqdm.auto import tqdm
+
+    model.eval()
+    order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]), reverse=True)
+    keys = [k for k in ("input_ids", "token_type_ids", "attention_mask") if k in features[0]]
+    out: list[np.ndarray | None] = [None] * len(features)
+    device = next(model.parameters()).device
+    starts = range(0, len(order), batch_size)
+    with torch.inference_mode():
+        for start in tqdm(starts, desc="evaluating", disable=not progress, unit="batch"):
+            chunk = order[start : start + batch_size]
+            batch = tokenizer.pad([{k: features[i][k] for k in keys} for i in chunk], return_tensors="pt")
+            batch = {k: v.to(device) for k, v in batch.items()}
+            logits = model(**batch).logits.float().cpu().numpy()
+            for i, row in zip(chunk, logits):
+                out[i] = row
+    return np.stack(out)
+
+
+def perplexity(loss: float) -> float:
+    try:
+        return math.exp(loss)
+    except OverflowError:
+        return float("inf")

@@ -1,0 +1,124 @@
+"""What pretrain and finetune share around `Trainer`: its arguments and one small subclass.
+
+`Trainer` is the loop. `CountingTrainer` adds two things it lacks: an exact count of the real
+(non-padding) tokens and examples trained on, and a stop with the step number when the loss
+stops being finite (`logging_nan_inf_filter` would hide it and the run would exit 0 with NaN
+weights).
+"""
+
+from __future__ import annotations
+
+import math
+import os
+import time
+from pathlib import Path
+
+import torch
+from transformers import Trainer, TrainerCallback, TrainingArguments
+
+from bigmodel_cli.errors import BigmodelError
+from bigmodel_cli.recipe import TrainingSection
+
+
+def world_size() -> int:
+    return int(os.environ.get("WORLD_SIZE", "1"))
+
+
+def training_arguments(training: TrainingSection, run_dir: Path, quiet: bool = False, **extra) -> TrainingArguments:
+    kwargs = training.trainer_kwargs()
+    if training.time_budget:  # the budget ends the run; the epoch count must not end it first
+        kwargs["num_train_epochs"] = max(kwargs["num_train_epochs"], 10_000)
+    if kwargs["report_to"] == [] or "none" in kwargs["report_to"]:
+        kwargs["report_to"] = "none"
+    if not torch.cuda.is_available() and world_size() > 1:
+        # Without gloo, Trainer on CPU under torchrun silently runs independent single-process copies.
+        extra.setdefault("ddp_backend", "gloo")
+    kwargs.update(extra)
+    return TrainingArguments(
+        output_dir=str(run_dir),
+        logging_nan_inf_filter=False,  # a NaN loss must show, not be averaged away
+        disable_tqdm=quiet,
+        use_cpu=not torch.cuda.is_available(),
+        **kwargs,
+    )
+
+
+class CountingTrainer(Trainer):
+    """`Trainer` that counts real tokens and examples, and stops on a non-finite loss."""
+
+    def __init__(self, *args, pad_token_id: int = 0, **kwargs):
+        super().__init__(*args, **kwargs)
+        self.pad_token_id = pad_token_id
+        self.real_tokens = 0
+        self.examples_seen = 0
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        ids = inputs["input_ids"]
+        self.real_tokens += int((ids != self.pad_token_id).sum())
+        if "position_ids" in inputs:  # packed rows: every line starts at position 0
+            self.examples_seen += int(((inputs["position_ids"] == 0) & (ids != self.pad_token_id)).sum())
+        else:
+            self.examples_seen += ids.shape[0]
+        loss = super().training_step(model, inputs, num_items_in_batch)
+        if not torch.isfinite(loss).all():
+            step = self.state.global_step + 1
+            kept = sorted(Path(self.args.output_dir).glob("checkpoint-*"))
+            where = f"; the last good checkpoint is {kept[-1]}" if kept else ""
+            raise BigmodelError(
+                f"the training loss became {loss.item()} at step {step}: training diverged; lower "
+                f"training.learning_rate (now {self.args.learning_rate}) or raise warmup_steps{where}",
+                exit_code=3,
+            )
+        return loss
+
+    def throughput(self, runtime: float) -> dict[str, float]:
+        """Real tokens and examples per second over the training run, summed over processes."""
+        counts = torch.tensor([self.real_tokens, self.examples_seen], dtype=torch.float64)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(counts)
+        tokens, examples = counts.tolist()
+        runtime = max(runtime, 1e-9)
+        return {
+            "train_real_tokens": int(tokens),
+            "train_tokens_per_second": round(tokens / runtime, 3),
+            "train_examples_per_second": round(examples / runtime, 3),
+        }
+
+
+class TimeBudget(TrainerCallback):
+    """Ends training once `seconds` of wall-clock have passed; `fraction()` is how much is spent,
+    which the learning-rate schedule follows so that it reaches zero as the budget runs out."""
+
+    def __init__(self, seconds: float):
+        self.seconds = seconds
+        self.start: float | None = None
+
+    def fraction(self) -> float:
+        if self.start is None:
+            return 0.0
+        return min(1.0, (time.monotonic() - self.start) / self.seconds)
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self.start = time.monotonic()
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.fraction() >= 1.0:
+            control.should_training_stop = True
+            control.should_save = args.save_strategy != "no"
+        return control
+
+
+def budget_schedule(optimizer, budget: TimeBudget, warmup: float):
+    """Linear warm-up over the first `warmup` of the budget, then linear decay to zero at its end."""
+
+    def factor(_step: int) -> float:
+        spent = budget.fraction()
+        if warmup > 0 and spent < warmup:
+            return max(spent / warmup, 1e-3)
+        return max(0.0, (1.0 - spent) / max(1.0 - warmup, 1e-9))
+
+    return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+
+
+def finite_or_none(value: float | None) -> float | None:
+    return value if value is not None and math.isfinite(value) else None

@@ -1,0 +1,77 @@
+"""Writes the tiny data the debug recipes and tests use (deterministic; run from anywhere).
+
+    python recipes/data/make_tiny_data.py
+
+tiny-corpus.txt: 600 English lines from templates (plus blank lines, as real corpora have).
+mrpc-tiny/{train,dev}.tsv: MRPC's own byte format (UTF-8 BOM, tabs, literal quotes): a pair is a
+paraphrase (1) when the second sentence restates the first, else (0).
+"""
+
+import random
+from pathlib import Path
+
+HERE = Path(__file__).resolve().parent
+SUBJECTS = ["the farmer", "a young doctor", "the old teacher", "my neighbour", "the small company",
+            "a tired student", "the city council", "her brother", "the new manager", "a local artist",
+            "the quiet child", "our captain", "the famous writer", "a busy nurse", "the angry driver"]
+VERBS = ["bought", "painted", "repaired", "sold", "described", "found", "carried", "opened",
+         "cleaned", "visited", "ordered", "watched", "built", "moved", "studied"]
+ADJECTIVES = ["red", "heavy", "beautiful", "broken", "expensive", "wooden", "strange", "ancient",
+              "bright", "narrow", "quiet", "famous", "empty", "golden", "simple"]
+NOUNS = ["house", "boat", "garden", "bridge", "window", "car", "painting", "table", "river",
+         "market", "school", "letter", "machine", "church", "museum"]
+PLACES = ["near the river", "in the morning", "after the storm", "before dinner", "in the village",
+          "during the war", "at the station", "last summer", "on the hill", "with great care"]
+SYNONYMS = {"bought": "purchased", "repaired": "fixed", "described": "explained", "found": "discovered",
+            "carried": "moved", "watched": "observed", "built": "constructed", "studied": "examined",
+            "sold": "traded", "painted": "coloured", "opened": "unlocked", "cleaned": "washed",
+            "visited": "saw", "ordered": "requested", "moved": "shifted"}
+
+
+def sentence(rng: random.Random) -> tuple[str, str, str, str, str]:
+    return (rng.choice(SUBJECTS), rng.choice(VERBS), rng.choice(ADJECTIVES), rng.choice(NOUNS), rng.choice(PLACES))
+
+
+def render(s, v, a, n, p) -> str:
+    return f"{s.capitalize()} {v} the {a} {n} {p} ."
+
+
+def corpus(rng: random.Random, lines: int = 600) -> str:
+    out = []
+    for i in range(lines):
+        parts = [render(*sentence(rng)) for _ in range(rng.randint(1, 4))]
+        out.append(" ".join(parts))
+        if i % 10 == 9:
+            out.append("")  # blank lines between paragraphs, as in WikiText
+        if i % 50 == 49:
+            out.append("   ")  # a whitespace-only line: must not become an example
+    return "\n".join(out) + "\n"
+
+
+def pair(rng: random.Random, positive: bool) -> tuple[str, str]:
+    s, v, a, n, p = sentence(rng)
+    first = render(s, v, a, n, p)
+    if positive:
+        second = f'{p.capitalize()} , {s} {SYNONYMS[v]} the {a} {n} .'
+    else:
+        s2, v2, a2, n2, p2 = sentence(rng)
+        second = render(s2, v2, a2, n2, p2)
+    if rng.random() < 0.2:
+        first = first.replace(f"the {a} {n}", f'the " {a} {n} "')  # literal quotes, as in MRPC
+    return first, second
+
+
+def mrpc(rng: random.Random, size: int) -> str:
+    rows = ["Quality\t#1 ID\t#2 ID\t#1 String\t#2 String"]
+    for i in range(size):
+        label = int(rng.random() < 0.6)
+        a, b = pair(rng, bool(label))
+        rows.append(f"{label}\t{1000 + 2 * i}\t{1001 + 2 * i}\t{a}\t{b}")
+    return "\ufeff" + "\n".join(rows) + "\n"
+
+
+if __name__ == "__main__":
+    rng = random.Random(0)
+    (HERE / "tiny-corpus.txt").write_text(corpus(rng), encoding="utf-8")
+    (HERE / "mrpc-tiny" / "train.tsv").write_text(mrpc(rng, 160), encoding="utf-8")
+    (HERE / "mrpc-tiny" / "dev.tsv").write_text(mrpc(rng, 48), encoding="utf-8")
