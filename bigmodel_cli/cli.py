@@ -112,6 +112,7 @@ def finetune(
     data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder with GLUE's own files for the task; default: the hub."),
     train_file: Optional[Path] = typer.Option(None, "--train-file", help="Your own training data: CSV, TSV, JSON or JSON Lines."),
     validation_file: Optional[Path] = typer.Option(None, "--validation-file", help="Your own validation data."),
+    test_file: Optional[Path] = typer.Option(None, "--test-file", help="Examples to predict after training (labels optional)."),
     recipe: Optional[str] = RecipeOpt,
     output_dir: Optional[Path] = OutputOpt,
     set_: Optional[list[str]] = SetOpt,
@@ -135,6 +136,7 @@ def finetune(
         "data.data_dir": str(data_dir) if data_dir else None,
         "data.train_file": str(train_file) if train_file else None,
         "data.validation_file": str(validation_file) if validation_file else None,
+        "data.test_file": str(test_file) if test_file else None,
     }
     if train_file:
         flags["data.task"] = None
@@ -176,6 +178,29 @@ def evaluate(
     else:
         for key, value in sorted(metrics.items()):
             print(f"{key:24s} {value:.4f}" if isinstance(value, float) else f"{key:24s} {value}")
+
+
+@app.command()
+def predict(
+    model: str = typer.Option(..., "--model", "-m", help="A saved classifier folder (a finetune run)."),
+    text: Optional[str] = typer.Option(None, "--text", help="One input text."),
+    text_pair: Optional[str] = typer.Option(None, "--text-pair", help="The second text, for pair tasks."),
+    input_file: Optional[Path] = typer.Option(None, "--input-file", "-i", help="CSV, TSV, JSON or JSON Lines; streamed."),
+    output: Optional[Path] = typer.Option(None, "--output", help="JSON Lines file to write (never overwritten). Default: stdout."),
+    batch_size: int = typer.Option(256, "--batch-size", help="Examples per batch.", min=1),
+    quiet: bool = QuietOpt,
+) -> None:
+    """Predict labels (names and probabilities) or scores: one JSON line per example."""
+    from bigmodel_cli import predict as job
+
+    _setup(True)
+    texts = [t for t in (text, text_pair) if t is not None]
+    if text_pair is not None and text is None:
+        raise BigmodelError("--text-pair needs --text")
+    count = job.run(model, texts, str(input_file) if input_file else None, str(output) if output else None,
+                    batch_size, progress=not quiet and output is not None)
+    if output and not quiet:
+        _say(f"wrote {count} predictions to {output}")
 
 
 @recipes_app.command("list")

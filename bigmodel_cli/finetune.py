@@ -53,6 +53,11 @@ def run(recipe: FinetuneRecipe, run_dir: Path, resume_from: Path | None = None, 
         trainer.save_model(str(run_dir))
         write_json(run_dir / "metrics.json", clean_metrics(metrics))
         card(run_dir, recipe, task, metrics)
+        if recipe.data.test_file:
+            from bigmodel_cli import predict
+
+            predict.run(str(run_dir), [], recipe.data.test_file, str(run_dir / "test_predictions.jsonl"),
+                        recipe.training.per_device_eval_batch_size, progress=not quiet)
     return metrics
 
 
@@ -74,6 +79,7 @@ def load_classifier(recipe: FinetuneRecipe, task: Task):
     except Exception as e:
         raise model_error(recipe.model.name_or_path, e) from None
     model.config.finetuning_task = task.name  # eval and predict find the task here
+    model.config.text_columns = list(task.text_columns)  # and the columns that hold the inputs
     return model
 
 
