@@ -12,7 +12,7 @@ from bigmodel_cli.models import load_tokenizer, model_error, resolve_model_path
 from bigmodel_cli.recipe import FinetuneRecipe, dump_recipe
 from bigmodel_cli.rundir import RECIPE_FILE, clean_metrics, write_json, write_model_card
 from bigmodel_cli.scoring import predict_logits, score_logits, task_metrics
-from bigmodel_cli.training import CountingTrainer, training_arguments
+from bigmodel_cli.training import CountingTrainer, GracefulStop, training_arguments
 
 
 def run(recipe: FinetuneRecipe, run_dir: Path, resume_from: Path | None = None, quiet: bool = False) -> dict:
@@ -21,6 +21,7 @@ def run(recipe: FinetuneRecipe, run_dir: Path, resume_from: Path | None = None, 
 
     from bigmodel_cli.labelled import load_splits
 
+    set_seed(recipe.training.seed)  # before the model: the new classifier head's init is seeded too
     task, raw = load_splits(recipe.data)
     tokenizer = load_tokenizer(recipe.model.name_or_path, recipe.model.trust_remote_code)
     model = load_classifier(recipe, task)
@@ -28,9 +29,9 @@ def run(recipe: FinetuneRecipe, run_dir: Path, resume_from: Path | None = None, 
     tokenizer.model_max_length = recipe.data.max_seq_length  # eval and predict truncate the same way
     args = training_arguments(recipe.training, run_dir, quiet, **best_epoch_arguments(recipe, task),
                               train_sampling_strategy="group_by_length")
-    set_seed(recipe.training.seed)
     with args.main_process_first(desc="tokenizing"):
         train, validation = encode(raw["train"], tokenizer), encode(raw["validation"], tokenizer)
+    stop = GracefulStop()
     trainer = CountingTrainer(
         model=model,
         args=args,
@@ -40,10 +41,12 @@ def run(recipe: FinetuneRecipe, run_dir: Path, resume_from: Path | None = None, 
         processing_class=tokenizer,
         compute_metrics=trainer_metrics(task),
         pad_token_id=tokenizer.pad_token_id,
+        callbacks=[stop],
     )
     if args.process_index == 0:
         dump_recipe(recipe, run_dir / RECIPE_FILE, f"bigmodel finetune: {shlex.join(sys.argv[1:])}")
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    stop.raise_if_stopped(trainer)
     metrics = {**result.metrics, **trainer.throughput(result.metrics["train_runtime"])}
     metrics.update(evaluate_classifier(trainer.model, tokenizer, validation, task,
                                        recipe.training.per_device_eval_batch_size))

@@ -12,7 +12,7 @@ from bigmodel_cli.errors import BigmodelError
 from bigmodel_cli.files import check_text_file
 from bigmodel_cli.recipe import PretrainRecipe, dump_recipe
 from bigmodel_cli.rundir import RECIPE_FILE, clean_metrics, write_json, write_model_card
-from bigmodel_cli.training import CountingTrainer, TimeBudget, budget_schedule, training_arguments
+from bigmodel_cli.training import CountingTrainer, GracefulStop, TimeBudget, budget_schedule, training_arguments
 
 MAX_UNKNOWN_RATE = 0.2  # a tokenizer that maps more of the corpus than this to [UNK] does not fit it
 
@@ -31,6 +31,7 @@ def run(recipe: PretrainRecipe, run_dir: Path, resume_from: Path | None = None, 
         tokenizer = get_tokenizer(recipe, raw["train"], run_dir)
         train_rows, eval_rows = tokenize_corpus(recipe, tokenizer, raw)
     model = SparseHeadBertForMaskedLM(bert_config(recipe, tokenizer))
+    stop = GracefulStop()
     budget = TimeBudget(recipe.training.time_budget) if recipe.training.time_budget else None
     trainer = MLMTrainer(
         model=model,
@@ -41,11 +42,12 @@ def run(recipe: PretrainRecipe, run_dir: Path, resume_from: Path | None = None, 
         eval_data_collator=MLMCollator(tokenizer, recipe.data.mlm_probability, recipe.training.seed + 1),
         pad_token_id=tokenizer.pad_token_id,
         budget=budget,
-        callbacks=[budget] if budget else [],
+        callbacks=[stop, budget] if budget else [stop],
     )
     if args.process_index == 0:
         dump_recipe(recipe, run_dir / RECIPE_FILE, f"bigmodel pretrain: {shlex.join(sys.argv[1:])}")
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+    stop.raise_if_stopped(trainer)
     metrics = {**result.metrics, **trainer.throughput(result.metrics["train_runtime"])}
     metrics["train_rows_per_second"] = metrics["train_samples_per_second"]  # packed sequences
     metrics["train_samples_per_second"] = metrics["train_examples_per_second"]  # lines: the examples
@@ -213,4 +215,4 @@ class EpochToCollator(TrainerCallback):
         self.collator = collator
 
     def on_epoch_begin(self, args, state, control, **kwargs):
-        self.collator.epoch = int(state.epoch or 0)
+        self.collator.epoch = int((state.epoch or 0) + 1e-9)

@@ -48,6 +48,10 @@ class CountingTrainer(Trainer):
 
     def __init__(self, *args, pad_token_id: int = 0, **kwargs):
         super().__init__(*args, **kwargs)
+        if self.args.disable_tqdm:  # --quiet: no per-step log lines either
+            from transformers.trainer_callback import PrinterCallback
+
+            self.remove_callback(PrinterCallback)
         self.pad_token_id = pad_token_id
         self.real_tokens = 0
         self.examples_seen = 0
@@ -122,3 +126,42 @@ def budget_schedule(optimizer, budget: TimeBudget, warmup: float):
 
 def finite_or_none(value: float | None) -> float | None:
     return value if value is not None and math.isfinite(value) else None
+
+
+class GracefulStop(TrainerCallback):
+    """SIGTERM, SIGUSR1 (schedulers' warning) and Ctrl-C: finish the current step, save a
+    checkpoint, stop. `raise_if_stopped()` then exits 75 (EX_TEMPFAIL: requeue me); running the same
+    command again resumes. transformers' own SIGTERM checkpointing exits 0, so schedulers would not
+    requeue. A second Ctrl-C stops at once."""
+
+    SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
+
+    def __init__(self):
+        import signal
+
+        self.received: str | None = None
+        for name in self.SIGNALS:
+            if hasattr(signal, name):
+                signal.signal(getattr(signal, name), self._handle)
+
+    def _handle(self, signum, frame):
+        import signal
+
+        if self.received is not None and signum == signal.SIGINT:
+            raise KeyboardInterrupt
+        self.received = signal.Signals(signum).name
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.received:
+            control.should_save = True
+            control.should_training_stop = True
+        return control
+
+    def raise_if_stopped(self, trainer) -> None:
+        if self.received:
+            step = trainer.state.global_step
+            raise BigmodelError(
+                f"stopped by {self.received} at step {step}; checkpoint-{step} saved in {trainer.args.output_dir}; "
+                "run the same command again to resume",
+                exit_code=75,
+            )
