@@ -116,6 +116,7 @@ def finetune(
     recipe: Optional[str] = RecipeOpt,
     output_dir: Optional[Path] = OutputOpt,
     set_: Optional[list[str]] = SetOpt,
+    seeds: int = typer.Option(1, "--seeds", help="Run once per seed (seed, seed+1, ...) and report mean and std.", min=1),
     overwrite: bool = OverwriteOpt,
     quiet: bool = QuietOpt,
 ) -> None:
@@ -145,13 +146,42 @@ def finetune(
         loaded.data.task = None
     default_name = loaded.data.task or (Path(loaded.data.train_file).stem if loaded.data.train_file else recipe_name(recipe))
     run_dir = _run_dir(output_dir, default_name)
-    resume = _prepare(run_dir, loaded, overwrite)
     from bigmodel_cli import finetune as job
 
+    if seeds > 1:
+        _finetune_seeds(job, loaded, run_dir, seeds, overwrite, quiet)
+        return
+    resume = _prepare(run_dir, loaded, overwrite)
     metrics = job.run(loaded, run_dir, resume, quiet)
     keys = ["train_samples", "eval_samples", "train_runtime", "train_samples_per_second", "best_checkpoint"]
-    keys += [k for k in metrics if k.startswith("eval_") and k not in ("eval_samples",)]
+    keys += [k for k in metrics if k.startswith("eval_") and isinstance(metrics[k], float)]
     _summary(f"finetune {loaded.data.task or 'custom'}", metrics, run_dir, quiet, keys)
+
+
+def _finetune_seeds(job, recipe, run_dir: Path, seeds: int, overwrite: bool, quiet: bool) -> None:
+    """One run per seed in run_dir/seed-N, then the mean and standard deviation of every metric
+    in run_dir/seeds_summary.json (MRPC results move by points between seeds)."""
+    import statistics
+
+    from bigmodel_cli.rundir import write_json
+
+    first = recipe.training.seed
+    per_seed = {}
+    for seed in range(first, first + seeds):
+        one = recipe.model_copy(deep=True)
+        one.training.seed = seed
+        seed_dir = run_dir / f"seed-{seed}"
+        per_seed[seed] = job.run(one, seed_dir, _prepare(seed_dir, one, overwrite), quiet)
+    keys = [k for k, v in per_seed[first].items() if k.startswith("eval_") and isinstance(v, float)]
+    summary = {"seeds": list(per_seed), "runs": [str(run_dir / f"seed-{s}") for s in per_seed]}
+    for key in keys:
+        values = [m[key] for m in per_seed.values()]
+        summary[key] = {"mean": statistics.fmean(values), "std": statistics.stdev(values), "values": values}
+    write_json(run_dir / "seeds_summary.json", summary)
+    if not quiet:
+        for key in keys:
+            _say(f"{key:28s} {summary[key]['mean']:.4f} +- {summary[key]['std']:.4f}  over seeds {summary['seeds']}")
+        _say(f"per-seed runs and seeds_summary.json in {run_dir}")
 
 
 @app.command("eval")
@@ -201,6 +231,19 @@ def predict(
                     batch_size, progress=not quiet and output is not None)
     if output and not quiet:
         _say(f"wrote {count} predictions to {output}")
+
+
+@app.command()
+def report(
+    run_dirs: list[Path] = typer.Argument(..., help="One or more run directories to plot and compare."),
+    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Folder for the PNGs and report.md. Default: RUN_DIR/report."),
+) -> None:
+    """Plot training loss, learning rate and eval metrics (and a confusion matrix) of runs; compare them in report.md."""
+    from bigmodel_cli import report as job
+
+    written = job.run(run_dirs, output or run_dirs[0] / "report")
+    for path in written:
+        print(path)
 
 
 @recipes_app.command("list")

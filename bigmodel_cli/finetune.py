@@ -54,6 +54,7 @@ def run(recipe: FinetuneRecipe, run_dir: Path, resume_from: Path | None = None, 
     metrics["best_checkpoint"] = Path(trainer.state.best_model_checkpoint or "").name or None
     if trainer.is_world_process_zero():
         trainer.save_model(str(run_dir))
+        trainer.save_state()  # trainer_state.json: the log history `bigmodel report` plots
         write_json(run_dir / "metrics.json", clean_metrics(metrics))
         card(run_dir, recipe, task, metrics)
         if recipe.data.test_file:
@@ -129,8 +130,15 @@ def evaluate_classifier(model, tokenizer, features, task: Task, batch_size: int 
     import numpy as np
 
     logits = predict_logits(model, tokenizer, features, batch_size)
-    scores = score_logits(logits, np.asarray(features["label"]), task.metrics, task.is_regression)
-    return {f"eval_{k}": v for k, v in scores.items()}
+    labels = np.asarray(features["label"])
+    scores = {f"eval_{k}": v for k, v in score_logits(logits, labels, task.metrics, task.is_regression).items()}
+    if not task.is_regression:  # rows: true label, columns: predicted
+        n = len(task.label_names)
+        matrix = np.zeros((n, n), dtype=int)
+        np.add.at(matrix, (labels.astype(int), logits.argmax(axis=-1)), 1)
+        scores["eval_confusion_matrix"] = matrix.tolist()
+        scores["eval_label_names"] = list(task.label_names)
+    return scores
 
 
 def card(run_dir: Path, recipe: FinetuneRecipe, task: Task, metrics: dict) -> None:
@@ -144,7 +152,7 @@ def card(run_dir: Path, recipe: FinetuneRecipe, task: Task, metrics: dict) -> No
             f"({'regression' if task.is_regression else ', '.join(task.label_names)}) on {data}. "
             f"Dev {task.best_metric}: {main:.4f}."
         ),
-        metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float))},
+        metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
         command=f"bigmodel {shlex.join(sys.argv[1:])}",
         load_class="AutoModelForSequenceClassification",
         tags=["text-classification", task.name],

@@ -58,6 +58,7 @@ def run(recipe: PretrainRecipe, run_dir: Path, resume_from: Path | None = None, 
     metrics["model_parameters"] = model.num_parameters()
     if trainer.is_world_process_zero():
         save(model, tokenizer, run_dir, clean_metrics(metrics), recipe)
+        trainer.save_state()  # trainer_state.json: the log history `bigmodel report` plots
     return metrics
 
 

@@ -12,7 +12,7 @@ from pathlib import Path
 from typing import Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator, model_validator
 
 from bigmodel_cli.errors import BigmodelError
 
@@ -57,6 +57,11 @@ class TrainingSection(Section):
     dataloader_num_workers: int = Field(0, ge=0)  # background processes that collate batches
     report_to: list[str] = ["tensorboard"]  # experiment loggers: tensorboard, wandb, mlflow, none
     time_budget: float | None = Field(None, gt=0)  # seconds of training; the schedule ends at zero then
+
+    @field_validator("eval_strategy", "save_strategy", mode="before")
+    @classmethod
+    def _unquoted_no(cls, value):
+        return "no" if value is False else value  # YAML reads an unquoted `no` as false
 
     @model_validator(mode="after")
     def _check(self) -> TrainingSection:
@@ -202,12 +207,17 @@ def list_recipes(kind: str | None = None) -> list[str]:
     return [n for n in names if kind is None or n.startswith(f"{kind}/")]
 
 
+YAML11_WORDS = {"yes", "no", "on", "off", "y", "n"}
+
+
 def parse_override(text: str) -> tuple[list[str], Any]:
     """`training.learning_rate=3e-5` -> (["training", "learning_rate"], 3e-5). Values are YAML:
     `[a.txt,b.txt]` is a list, `null` is None, `true` a bool."""
     key, sep, raw = text.partition("=")
     if not sep or not key.strip():
         raise BigmodelError(f"--set '{text}': expected key=value, e.g. training.learning_rate=3e-5")
+    if raw.strip().lower() in YAML11_WORDS:  # `save_strategy=no` means "no", not False
+        return key.strip().split("."), raw.strip()
     try:
         value = yaml.safe_load(raw) if raw.strip() else ""
     except yaml.YAMLError:

@@ -43,8 +43,16 @@ def test_merge_order_defaults_yaml_flags_set(tmp_path):
 def test_list_override_and_yaml_values():
     assert parse_override("data.train_files=[a.txt,b.txt]") == (["data", "train_files"], ["a.txt", "b.txt"])
     assert parse_override("tokenizer.name_or_path=null") == (["tokenizer", "name_or_path"], None)
+    assert parse_override("training.save_strategy=no") == (["training", "save_strategy"], "no")
     with pytest.raises(BigmodelError, match="expected key=value"):
         parse_override("training.learning_rate")
+
+
+def test_unquoted_no_in_yaml_and_set_mean_no(tmp_path):
+    path = write(tmp_path, "data: {train_files: [a.txt]}\ntraining: {eval_strategy: no, bf16: no}\n")
+    recipe, _ = load_recipe("pretrain", path, overrides=["training.save_strategy=no", "training.bf16=yes"])
+    assert recipe.training.eval_strategy == "no" and recipe.training.save_strategy == "no"
+    assert recipe.training.bf16 is True
 
 
 def test_unknown_key_names_file_key_and_nearest(tmp_path):

@@ -1,0 +1,232 @@
+"""bigmodel against faithful peers, in one process, interleaved; JSON out with ratios.
+
+    python benchmarks/bench.py --data ../shared/data --out bench-results/bench.json [--quick]
+
+finetune: all-MiniLM-L6-v2 on the real MRPC files. Peer = run_glue.py's defaults: every pair padded
+  to 128 tokens, batch 32, lr 2e-5, eval batch 8, `Trainer`. Ours = `bigmodel finetune`'s code path
+  with the shipped finetune/mrpc recipe. Train samples/s, eval samples/s; dev accuracy/F1 on full runs.
+pretrain: BERT-tiny on WikiText-2 with one tokenizer for both. Peer = run_mlm.py --line_by_line:
+  truncation to 128, dynamic padding, the full MLM head, `DataCollatorForLanguageModeling`. Same
+  model shape and optimizer settings, the same wall-clock budget and the budget-long schedule for
+  both. Real (non-pad) tokens/s and held-out perplexity (one scorer, fixed masks).
+gemm: this CPU's matrix-multiply peak, to put achieved FLOP/s against.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import os
+import platform
+import sys
+import tempfile
+import time
+from pathlib import Path
+
+os.environ.setdefault("HF_HUB_OFFLINE", "1")
+os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+import torch  # noqa: E402
+
+
+def gemm_peak(dtype=torch.float32, n=1024, seconds=2.0) -> float:
+    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+    for _ in range(3):
+        a @ b
+    runs, start = 0, time.perf_counter()
+    while time.perf_counter() - start < seconds:
+        a @ b
+        runs += 1
+    return 2 * n**3 * runs / (time.perf_counter() - start)
+
+
+# ---------------------------------------------------------------------------------------------
+# finetune
+# ---------------------------------------------------------------------------------------------
+def finetune_ours(mrpc: Path, work: Path, overrides: list[str]) -> dict:
+    from bigmodel_cli import finetune
+    from bigmodel_cli.recipe import load_recipe
+
+    recipe, _ = load_recipe("finetune", "finetune/mrpc", flags={"data.data_dir": str(mrpc)},
+                            overrides=[*overrides, "training.report_to=[none]", "training.save_total_limit=1"])
+    metrics = finetune.run(recipe, work / "ours-finetune", quiet=True)
+    from transformers import AutoModelForSequenceClassification
+
+    from bigmodel_cli.glue import encode, get_task, load_glue
+    from bigmodel_cli.models import load_tokenizer
+
+    model = AutoModelForSequenceClassification.from_pretrained(work / "ours-finetune")
+    tokenizer = load_tokenizer(str(work / "ours-finetune"))
+    task = get_task("mrpc")
+    features = encode(load_glue(task, "validation", str(mrpc)), tokenizer)
+    start = time.perf_counter()
+    finetune.evaluate_classifier(model, tokenizer, features, task, 256)
+    eval_seconds = time.perf_counter() - start
+    return {"train_samples_per_second": metrics["train_samples_per_second"],
+            "eval_samples_per_second": len(features) / eval_seconds,
+            "eval_accuracy": metrics["eval_accuracy"], "eval_f1": metrics["eval_f1"],
+            "train_runtime": metrics["train_runtime"]}
+
+
+def finetune_peer(mrpc: Path, work: Path, max_steps: int, epochs: float) -> dict:
+    import numpy as np
+    from transformers import AutoModelForSequenceClassification, Trainer, TrainingArguments, default_data_collator
+
+    from bigmodel_cli.glue import get_task, load_glue
+    from bigmodel_cli.models import load_tokenizer, resolve_model_path
+    from bigmodel_cli.scoring import task_metrics
+
+    task = get_task("mrpc")
+    path = resolve_model_path("sentence-transformers/all-MiniLM-L6-v2")
+    tokenizer = load_tokenizer(path)
+
+    def encode(data):
+        return data.map(lambda b: tokenizer(b["sentence1"], b["sentence2"], padding="max_length", max_length=128,
+                                            truncation=True), batched=True, remove_columns=["sentence1", "sentence2"])
+
+    train, dev = encode(load_glue(task, "train", str(mrpc))), encode(load_glue(task, "validation", str(mrpc)))
+    torch.manual_seed(42)
+    model = AutoModelForSequenceClassification.from_pretrained(path, num_labels=2)
+    args = TrainingArguments(output_dir=str(work / "peer-finetune"), per_device_train_batch_size=32,
+                             per_device_eval_batch_size=8, learning_rate=2e-5, num_train_epochs=epochs,
+                             max_steps=max_steps, save_strategy="no", eval_strategy="no", report_to="none",
+                             disable_tqdm=True, seed=42, use_cpu=True, logging_steps=50)
+
+    def metrics(p):
+        return task_metrics(task.metrics, np.argmax(p.predictions, axis=-1), p.label_ids)
+
+    trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=dev,
+                      data_collator=default_data_collator, compute_metrics=metrics)
+    result = trainer.train()
+    evaluated = trainer.evaluate()
+    return {"train_samples_per_second": result.metrics["train_samples_per_second"],
+            "eval_samples_per_second": evaluated["eval_samples_per_second"],
+            "eval_accuracy": evaluated["eval_accuracy"], "eval_f1": evaluated["eval_f1"],
+            "train_runtime": result.metrics["train_runtime"]}
+
+
+# ---------------------------------------------------------------------------------------------
+# pretrain
+# ---------------------------------------------------------------------------------------------
+def pretrain_ours(corpus: Path, work: Path, budget: float, tokenizer_dir: Path | None) -> dict:
+    from bigmodel_cli import pretrain
+    from bigmodel_cli.recipe import load_recipe
+
+    overrides = [f"data.train_files=[{corpus}]", f"training.time_budget={budget}", "training.report_to=[none]",
+                 "training.save_strategy=no"]
+    if tokenizer_dir:
+        overrides.append(f"tokenizer.name_or_path={tokenizer_dir}")
+    recipe, _ = load_recipe("pretrain", "pretrain/bert-tiny", overrides=overrides)
+    metrics = pretrain.run(recipe, work / "ours-pretrain", quiet=True)
+    return {"train_tokens_per_second": metrics["train_tokens_per_second"],
+            "train_samples_per_second": metrics["train_samples_per_second"],
+            "train_real_tokens": metrics["train_real_tokens"], "model_parameters": metrics["model_parameters"]}
+
+
+def pretrain_peer(corpus: Path, work: Path, budget: float, tokenizer_dir: Path) -> dict:
+    from transformers import BertForMaskedLM, DataCollatorForLanguageModeling
+
+    from bigmodel_cli import pretrain
+    from bigmodel_cli.models import load_tokenizer
+    from bigmodel_cli.recipe import load_recipe
+    from bigmodel_cli.training import CountingTrainer, TimeBudget, budget_schedule, training_arguments
+
+    recipe, _ = load_recipe("pretrain", "pretrain/bert-tiny", overrides=[
+        f"data.train_files=[{corpus}]", f"training.time_budget={budget}", "training.report_to=[none]",
+        "training.save_strategy=no", f"tokenizer.name_or_path={tokenizer_dir}"])
+    tokenizer = load_tokenizer(str(tokenizer_dir))
+    raw = pretrain.load_corpus(recipe)  # the same train/held-out lines as ours
+    train = raw["train"].map(lambda b: tokenizer(b["text"], truncation=True, max_length=128,
+                                                 return_special_tokens_mask=True),
+                             batched=True, remove_columns=["text"])
+    torch.manual_seed(42)
+    model = BertForMaskedLM(pretrain.bert_config(recipe, tokenizer))
+    run_dir = work / "peer-pretrain"
+    args = training_arguments(recipe.training, run_dir, quiet=True, eval_strategy="no")
+    budget_cb = TimeBudget(budget)
+
+    class PeerTrainer(CountingTrainer):
+        def create_scheduler(self, num_training_steps, optimizer=None):
+            self.lr_scheduler = budget_schedule(optimizer or self.optimizer, budget_cb, args.warmup_steps)
+            return self.lr_scheduler
+
+    trainer = PeerTrainer(model=model, args=args, train_dataset=train, callbacks=[budget_cb],
+                          data_collator=DataCollatorForLanguageModeling(tokenizer, mlm_probability=0.15),
+                          pad_token_id=tokenizer.pad_token_id)
+    result = trainer.train()
+    model.save_pretrained(run_dir)
+    tokenizer.save_pretrained(run_dir)
+    counts = trainer.throughput(result.metrics["train_runtime"])
+    return {"train_tokens_per_second": counts["train_tokens_per_second"],
+            "train_samples_per_second": counts["train_examples_per_second"],
+            "train_real_tokens": counts["train_real_tokens"], "model_parameters": model.num_parameters()}
+
+
+def held_out_perplexity(run_dir: Path, lines: list[str], work: Path) -> float:
+    from bigmodel_cli.evaluation import evaluate_mlm_on
+
+    path = work / "held-out.txt"
+    path.write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return evaluate_mlm_on(str(run_dir), str(path), 128)["perplexity"]
+
+
+def useful_flops_per_token(params: int, vocab: int, hidden: int) -> float:
+    """6 x (non-embedding parameters) per token, plus the MLM head's work on the 15 % it predicts."""
+    non_embedding = params - vocab * hidden - 512 * hidden
+    return 6 * non_embedding + 6 * vocab * hidden * 0.15
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--data", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--out", type=Path, default=Path("bench-results/bench.json"))
+    parser.add_argument("--quick", action="store_true", help="a few minutes: 60 s budgets, 40 fine-tuning steps")
+    parser.add_argument("--only", choices=["finetune", "pretrain"], default=None)
+    opts = parser.parse_args()
+    mrpc, corpus = opts.data / "glue" / "mrpc", opts.data / "wikitext-2" / "wiki.valid.tokens"
+    for path in (mrpc / "train.tsv", corpus):
+        if not path.is_file():
+            sys.exit(f"error: {path} not found; pass --data with glue/mrpc and wikitext-2 in it")
+    work = Path(tempfile.mkdtemp(prefix="bigmodel-bench-"))
+    opts.out.parent.mkdir(parents=True, exist_ok=True)
+
+    def save() -> None:  # after each section, so a long run that breaks keeps what it measured
+        opts.out.write_text(json.dumps(report, indent=2) + "\n")
+
+    report: dict = {"machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
+                                "torch": torch.__version__},
+                    "mode": "quick" if opts.quick else "full",
+                    "gemm_peak_flops": {"fp32": gemm_peak(torch.float32), "bf16": gemm_peak(torch.bfloat16)}}
+    if opts.only in (None, "finetune"):
+        steps, epochs = (40, 1.0) if opts.quick else (-1, 3.0)
+        ours_over = [f"training.max_steps={steps}"] if opts.quick else []
+        peer = finetune_peer(mrpc, work, steps, epochs)
+        ours = finetune_ours(mrpc, work, ours_over)
+        report["finetune"] = {"peer": peer, "ours": ours, "ratio": {
+            k: ours[k] / peer[k] for k in ("train_samples_per_second", "eval_samples_per_second")}}
+        save()
+    if opts.only in (None, "pretrain"):
+        budget = 60.0 if opts.quick else 600.0
+        ours = pretrain_ours(corpus, work, budget, None)
+        tokenizer_dir = work / "ours-pretrain"  # the tokenizer ours trained: both sides share it
+        peer = pretrain_peer(corpus, work, budget, tokenizer_dir)
+        from bigmodel_cli import pretrain
+        from bigmodel_cli.recipe import load_recipe
+
+        recipe, _ = load_recipe("pretrain", "pretrain/bert-tiny", overrides=[f"data.train_files=[{corpus}]"])
+        held = list(pretrain.load_corpus(recipe)["validation"]["text"])
+        ours["perplexity"] = held_out_perplexity(work / "ours-pretrain", held, work)
+        peer["perplexity"] = held_out_perplexity(work / "peer-pretrain", held, work)
+        config = json.loads((work / "ours-pretrain" / "config.json").read_text())
+        per_token = useful_flops_per_token(ours["model_parameters"], config["vocab_size"], config["hidden_size"])
+        for side in (ours, peer):
+            side["achieved_flops"] = per_token * side["train_tokens_per_second"]
+            side["fraction_of_fp32_peak"] = side["achieved_flops"] / report["gemm_peak_flops"]["fp32"]
+        report["pretrain"] = {"budget_seconds": budget, "peer": peer, "ours": ours, "ratio": {
+            "train_tokens_per_second": ours["train_tokens_per_second"] / peer["train_tokens_per_second"],
+            "perplexity": ours["perplexity"] / peer["perplexity"]}}
+    save()
+    print(json.dumps(report, indent=2))
+
+
+if __name__ == "__main__":
+    main()

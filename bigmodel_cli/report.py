@@ -1,0 +1,98 @@
+"""`bigmodel report`: plots and a Markdown summary of one or more run directories.
+
+Reads what every run leaves behind (`trainer_state.json`'s log history, `metrics.json`) and writes
+`training_loss.png`, `learning_rate.png`, `eval_metrics.png`, `confusion_matrix.png` (classifiers)
+and `report.md` (one table comparing the runs).
+"""
+
+from __future__ import annotations
+
+import json
+from pathlib import Path
+
+from bigmodel_cli.errors import BigmodelError
+
+
+def load_run(run_dir: Path) -> dict:
+    metrics_path, state_path = run_dir / "metrics.json", run_dir / "trainer_state.json"
+    if not metrics_path.is_file():
+        raise BigmodelError(f"{run_dir} holds no metrics.json: is it a finished bigmodel run?")
+    history = json.loads(state_path.read_text())["log_history"] if state_path.is_file() else []
+    return {"name": run_dir.name, "dir": run_dir, "metrics": json.loads(metrics_path.read_text()), "history": history}
+
+
+def _series(history: list[dict], key: str) -> tuple[list[float], list[float]]:
+    rows = [e for e in history if key in e and isinstance(e[key], (int, float))]
+    return [e["step"] for e in rows], [e[key] for e in rows]
+
+
+def _plot(runs: list[dict], key: str, title: str, path: Path, ylabel: str) -> bool:
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4))
+    drawn = False
+    for run in runs:
+        steps, values = _series(run["history"], key)
+        if steps:
+            ax.plot(steps, values, marker="o" if len(steps) < 30 else None, label=run["name"])
+            drawn = True
+    if drawn:
+        ax.set(title=title, xlabel="optimizer step", ylabel=ylabel)
+        ax.grid(alpha=0.3)
+        ax.legend()
+        fig.tight_layout()
+        fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return drawn
+
+
+def _confusion(run: dict, path: Path) -> bool:
+    import matplotlib.pyplot as plt
+
+    matrix = run["metrics"].get("eval_confusion_matrix")
+    if not matrix:
+        return False
+    labels = run["metrics"].get("eval_label_names") or [str(i) for i in range(len(matrix))]
+    fig, ax = plt.subplots(figsize=(4 + len(labels) * 0.4, 3.5 + len(labels) * 0.4))
+    ax.imshow(matrix, cmap="Blues")
+    for i, row in enumerate(matrix):
+        for j, count in enumerate(row):
+            ax.text(j, i, str(count), ha="center", va="center")
+    ax.set(xticks=range(len(labels)), yticks=range(len(labels)), xticklabels=labels, yticklabels=labels,
+           xlabel="predicted", ylabel="true", title=f"{run['name']}: dev confusion matrix")
+    fig.tight_layout()
+    fig.savefig(path, dpi=100)
+    plt.close(fig)
+    return True
+
+
+def run(run_dirs: list[Path], output: Path) -> list[Path]:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    runs = [load_run(Path(d)) for d in run_dirs]
+    output.mkdir(parents=True, exist_ok=True)
+    written = []
+    eval_keys = sorted({k for r in runs for e in r["history"] for k in e
+                        if k.startswith("eval_") and not k.endswith(("runtime", "per_second"))})
+    plots = [("loss", "training loss", "training_loss.png", "loss"),
+             ("learning_rate", "learning rate", "learning_rate.png", "learning rate")]
+    plots += [(k, k.removeprefix("eval_"), f"{k}.png", k.removeprefix("eval_")) for k in eval_keys]
+    for key, title, name, ylabel in plots:
+        if _plot(runs, key, title, output / name, ylabel):
+            written.append(output / name)
+    for r in runs:
+        if _confusion(r, output / f"confusion_matrix_{r['name']}.png"):
+            written.append(output / f"confusion_matrix_{r['name']}.png")
+    keys = sorted({k for r in runs for k, v in r["metrics"].items() if isinstance(v, (int, float))
+                   and (k.startswith("eval_") or k in ("perplexity", "train_runtime", "train_samples_per_second",
+                                                       "train_tokens_per_second", "train_loss"))})
+    lines = ["# bigmodel report", "", "| metric | " + " | ".join(r["name"] for r in runs) + " |",
+             "| --- |" + " --- |" * len(runs)]
+    for key in keys:
+        cells = [r["metrics"].get(key) for r in runs]
+        lines.append(f"| {key} | " + " | ".join("" if c is None else f"{c:.4f}" if isinstance(c, float) else str(c)
+                                               for c in cells) + " |")
+    lines += ["", *[f"![{p.stem}]({p.name})" for p in written]]
+    (output / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")
+    return [*written, output / "report.md"]
