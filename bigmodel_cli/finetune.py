@@ -150,7 +150,7 @@ def card(run_dir: Path, recipe: FinetuneRecipe, task: Task, metrics: dict) -> No
         summary=(
             f"{recipe.model.name_or_path} fine-tuned with bigmodel for {task.name} "
             f"({'regression' if task.is_regression else ', '.join(task.label_names)}) on {data}. "
-            f"Dev {task.best_metric}: {main:.4f}."
+            f"Dev {task.best_metric}: {main:.4f}." if isinstance(main, float) else f"Dev {task.best_metric}: {main}."
         ),
         metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
         command=f"bigmodel {shlex.join(sys.argv[1:])}",

@@ -173,7 +173,7 @@ def save(model, tokenizer, run_dir: Path, metrics: dict, recipe: PretrainRecipe)
         summary=(
             f"A BERT masked-language model pretrained from scratch with bigmodel on "
             f"{', '.join(recipe.data.train_files) or recipe.data.dataset_name}. Held-out perplexity "
-            f"{metrics['perplexity']:.2f}."
+            f"{_shown(metrics['perplexity'])}."
         ),
         metrics=metrics,
         command=f"bigmodel pretrain {shlex.join(sys.argv[2:] if len(sys.argv) > 2 else [])}",
@@ -181,6 +181,10 @@ def save(model, tokenizer, run_dir: Path, metrics: dict, recipe: PretrainRecipe)
         tags=["fill-mask"],
         datasets=[recipe.data.dataset_name] if recipe.data.dataset_name else [],
     )
+
+
+def _shown(value) -> str:
+    return f"{value:.2f}" if isinstance(value, float) else str(value)  # "inf" is kept as text in JSON
 
 
 class MLMTrainer(CountingTrainer):
