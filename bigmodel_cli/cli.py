@@ -7,7 +7,6 @@ import json
 import os
 import sys
 from pathlib import Path
-from typing import Optional
 
 import typer
 
@@ -39,11 +38,11 @@ def _setup(quiet: bool) -> None:
         os.environ["TQDM_DISABLE"] = "1"
 
 
-def _run_dir(output_dir: Optional[Path], default_name: str) -> Path:
+def _run_dir(output_dir: Path | None, default_name: str) -> Path:
     return output_dir or Path("runs") / default_name
 
 
-def _prepare(run_dir: Path, recipe, overwrite: bool) -> Optional[Path]:
+def _prepare(run_dir: Path, recipe, overwrite: bool) -> Path | None:
     from bigmodel_cli.rundir import checkpoints, prepare_run_dir
 
     if int(os.environ.get("RANK", "0")) != 0:  # the main process prepares; the others follow it
@@ -60,7 +59,7 @@ def _say(text: str) -> None:
         print(text, file=sys.stderr)
 
 
-def _summary(title: str, metrics: dict, run_dir: Optional[Path], quiet: bool, keys: list[str]) -> None:
+def _summary(title: str, metrics: dict, run_dir: Path | None, quiet: bool, keys: list[str]) -> None:
     if quiet or int(os.environ.get("RANK", "0")) != 0:
         return
     from rich.console import Console
@@ -82,8 +81,8 @@ def _summary(title: str, metrics: dict, run_dir: Optional[Path], quiet: bool, ke
 @app.command()
 def pretrain(
     recipe: str = typer.Option("pretrain/bert-tiny", "--recipe", "-r", help="A shipped recipe name or a YAML file."),
-    output_dir: Optional[Path] = OutputOpt,
-    set_: Optional[list[str]] = SetOpt,
+    output_dir: Path | None = OutputOpt,
+    set_: list[str] | None = SetOpt,
     overwrite: bool = OverwriteOpt,
     quiet: bool = QuietOpt,
 ) -> None:
@@ -107,15 +106,15 @@ def pretrain(
 
 @app.command()
 def finetune(
-    task: Optional[str] = typer.Option(None, "--task", "-t", help="GLUE task: cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli."),
-    model: Optional[str] = typer.Option(None, "--model", "-m", help="Model folder (e.g. a pretrain run) or hub id."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder with GLUE's own files for the task; default: the hub."),
-    train_file: Optional[Path] = typer.Option(None, "--train-file", help="Your own training data: CSV, TSV, JSON or JSON Lines."),
-    validation_file: Optional[Path] = typer.Option(None, "--validation-file", help="Your own validation data."),
-    test_file: Optional[Path] = typer.Option(None, "--test-file", help="Examples to predict after training (labels optional)."),
-    recipe: Optional[str] = RecipeOpt,
-    output_dir: Optional[Path] = OutputOpt,
-    set_: Optional[list[str]] = SetOpt,
+    task: str | None = typer.Option(None, "--task", "-t", help="GLUE task: cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli."),
+    model: str | None = typer.Option(None, "--model", "-m", help="Model folder (e.g. a pretrain run) or hub id."),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="Folder with GLUE's own files for the task; default: the hub."),
+    train_file: Path | None = typer.Option(None, "--train-file", help="Your own training data: CSV, TSV, JSON or JSON Lines."),
+    validation_file: Path | None = typer.Option(None, "--validation-file", help="Your own validation data."),
+    test_file: Path | None = typer.Option(None, "--test-file", help="Examples to predict after training (labels optional)."),
+    recipe: str | None = RecipeOpt,
+    output_dir: Path | None = OutputOpt,
+    set_: list[str] | None = SetOpt,
     seeds: int = typer.Option(1, "--seeds", help="Run once per seed (seed, seed+1, ...) and report mean and std.", min=1),
     overwrite: bool = OverwriteOpt,
     quiet: bool = QuietOpt,
@@ -187,9 +186,9 @@ def _finetune_seeds(job, recipe, run_dir: Path, seeds: int, overwrite: bool, qui
 @app.command("eval")
 def evaluate(
     model: str = typer.Option(..., "--model", "-m", help="A saved model folder (a finetune or pretrain run)."),
-    task: Optional[str] = typer.Option(None, "--task", "-t", help="GLUE task, or 'mlm' for perplexity. Default: the model's own."),
-    data_dir: Optional[Path] = typer.Option(None, "--data-dir", help="Folder with GLUE's own files; default: the hub."),
-    data_file: Optional[Path] = typer.Option(None, "--data-file", help="One labelled file (GLUE TSV, CSV, JSON, JSON Lines), or text for mlm."),
+    task: str | None = typer.Option(None, "--task", "-t", help="GLUE task, or 'mlm' for perplexity. Default: the model's own."),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="Folder with GLUE's own files; default: the hub."),
+    data_file: Path | None = typer.Option(None, "--data-file", help="A labelled file (GLUE TSV, CSV, JSON, JSONL), or text for mlm."),
     split: str = typer.Option("validation", "--split", help="train, validation (dev), test, or MNLI's validation_mismatched."),
     batch_size: int = typer.Option(256, "--batch-size", help="Examples per batch.", min=1),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line of stdout."),
@@ -213,10 +212,10 @@ def evaluate(
 @app.command()
 def predict(
     model: str = typer.Option(..., "--model", "-m", help="A saved classifier folder (a finetune run)."),
-    text: Optional[str] = typer.Option(None, "--text", help="One input text."),
-    text_pair: Optional[str] = typer.Option(None, "--text-pair", help="The second text, for pair tasks."),
-    input_file: Optional[Path] = typer.Option(None, "--input-file", "-i", help="CSV, TSV, JSON or JSON Lines; streamed."),
-    output: Optional[Path] = typer.Option(None, "--output", help="JSON Lines file to write (never overwritten). Default: stdout."),
+    text: str | None = typer.Option(None, "--text", help="One input text."),
+    text_pair: str | None = typer.Option(None, "--text-pair", help="The second text, for pair tasks."),
+    input_file: Path | None = typer.Option(None, "--input-file", "-i", help="CSV, TSV, JSON or JSON Lines; streamed."),
+    output: Path | None = typer.Option(None, "--output", help="JSON Lines file to write (never overwritten). Default: stdout."),
     batch_size: int = typer.Option(256, "--batch-size", help="Examples per batch.", min=1),
     quiet: bool = QuietOpt,
 ) -> None:
@@ -236,7 +235,7 @@ def predict(
 @app.command()
 def report(
     run_dirs: list[Path] = typer.Argument(..., help="One or more run directories to plot and compare."),
-    output: Optional[Path] = typer.Option(None, "--output", "-o", help="Folder for the PNGs and report.md. Default: RUN_DIR/report."),
+    output: Path | None = typer.Option(None, "--output", "-o", help="Folder for the PNGs and report.md. Default: RUN_DIR/report."),
 ) -> None:
     """Plot training loss, learning rate and eval metrics (and a confusion matrix) of runs; compare them in report.md."""
     from bigmodel_cli import report as job

@@ -94,8 +94,8 @@ def run(model_dir: str, texts: list[str], input_file: str | None, output: str | 
     """Predict and write JSON lines to `output` (or stdout). Returns the number of examples."""
     import sys
 
-    from transformers import AutoModelForSequenceClassification
     from tqdm.auto import tqdm
+    from transformers import AutoModelForSequenceClassification
 
     from bigmodel_cli.models import load_tokenizer, model_error, resolve_model_path
 

@@ -4,7 +4,6 @@ value and what to do, no traceback, and nothing the user had is touched."""
 import shutil
 
 import pytest
-
 from conftest import TINY, run_cli
 
 pytestmark = pytest.mark.smoke

@@ -4,9 +4,8 @@ import json
 import math
 
 import pytest
-from safetensors.torch import load_file
-
 from conftest import TINY, run_cli
+from safetensors.torch import load_file
 
 pytestmark = pytest.mark.smoke
 

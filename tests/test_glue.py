@@ -1,8 +1,8 @@
 import pytest
+from conftest import SHARED, TINY
 
 from bigmodel_cli.errors import BigmodelError
 from bigmodel_cli.glue import TASKS, get_task, load_glue, read_glue_tsv
-from conftest import SHARED, TINY
 
 pytestmark = pytest.mark.unit
 MRPC = get_task("mrpc")

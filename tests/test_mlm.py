@@ -1,16 +1,16 @@
 import pytest
 import torch
+from conftest import TINY
 from transformers import BertConfig, BertForMaskedLM
 
 from bigmodel_cli.mlm import MLMCollator, SparseHeadBertForMaskedLM, chunk_line, pack, train_wordpiece, unknown_rate
-from conftest import TINY
 
 pytestmark = pytest.mark.unit
 
 
 @pytest.fixture(scope="module")
 def tokenizer():
-    lines = [l for l in (TINY / "tiny-corpus.txt").read_text().splitlines() if l.strip()]
+    lines = [line for line in (TINY / "tiny-corpus.txt").read_text().splitlines() if line.strip()]
     return train_wordpiece(lines, vocab_size=300, lowercase=True, min_frequency=1)
 
 

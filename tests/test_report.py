@@ -4,7 +4,6 @@ import json
 
 import pytest
 import yaml
-
 from conftest import run_cli
 
 pytestmark = pytest.mark.smoke

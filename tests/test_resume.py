@@ -7,9 +7,8 @@ import sys
 import time
 
 import pytest
-from safetensors.torch import load_file
-
 from conftest import run_cli
+from safetensors.torch import load_file
 
 pytestmark = pytest.mark.smoke
 ARGS = ["pretrain", "-r", "pretrain/tiny-debug", "-q", "--set", "training.max_steps=400", "--set", "training.save_steps=25"]

@@ -3,11 +3,11 @@
 import json
 
 import pytest
+from conftest import TINY, run_cli
 
 from bigmodel_cli.errors import BigmodelError
 from bigmodel_cli.labelled import infer_task, load_splits, read_table
 from bigmodel_cli.recipe import LabelledDataSection
-from conftest import TINY, run_cli
 
 WORDS = "the farmer bought red house near river a young doctor painted boat".split()
 
@@ -118,7 +118,7 @@ def test_own_files_string_labels_predict_with_label_names(tmp_path, pretrained):
     from transformers import AutoConfig
 
     assert AutoConfig.from_pretrained(run_dir).id2label == {0: "bad", 1: "good", 2: "great"}
-    predictions = [json.loads(l) for l in (run_dir / "test_predictions.jsonl").read_text().splitlines()]
+    predictions = [json.loads(line) for line in (run_dir / "test_predictions.jsonl").read_text().splitlines()]
     assert len(predictions) == 5 and predictions[0]["review"].endswith(", really")
     assert all(p["label"] in {"bad", "good", "great"} for p in predictions)
     assert all(abs(sum(p["probabilities"].values()) - 1) < 1e-4 for p in predictions)
@@ -133,8 +133,8 @@ def test_predict_agrees_with_eval_accuracy(finetuned, tmp_path):
     out = tmp_path / "pred.jsonl"
     result = run_cli("predict", "--model", finetuned, "--input-file", dev, "--output", out, "-q")
     assert result.returncode == 0, result.stderr[-2000:]
-    predictions = [json.loads(l) for l in out.read_text().splitlines()]
-    labels = [int(l.split("\t")[0]) for l in dev.read_text(encoding="utf-8-sig").splitlines()[1:]]
+    predictions = [json.loads(line) for line in out.read_text().splitlines()]
+    labels = [int(line.split("\t")[0]) for line in dev.read_text(encoding="utf-8-sig").splitlines()[1:]]
     names = ("not_equivalent", "equivalent")
     accuracy = sum(names.index(p["label"]) == y for p, y in zip(predictions, labels)) / len(labels)
     metrics = json.loads((finetuned / "metrics.json").read_text())
