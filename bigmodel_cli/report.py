@@ -41,7 +41,7 @@ def _plot(runs: list[dict], key: str, title: str, path: Path, ylabel: str) -> bo
         ax.grid(alpha=0.3)
         ax.legend()
         fig.tight_layout()
-        fig.savefig(path, dpi=100)
+        fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return drawn
 
@@ -61,7 +61,7 @@ def _confusion(run: dict, path: Path) -> bool:
     ax.set(xticks=range(len(labels)), yticks=range(len(labels)), xticklabels=labels, yticklabels=labels,
            xlabel="predicted", ylabel="true", title=f"{run['name']}: dev confusion matrix")
     fig.tight_layout()
-    fig.savefig(path, dpi=100)
+    fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return True
 
