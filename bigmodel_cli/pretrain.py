@@ -12,6 +12,7 @@ from bigmodel_cli.errors import BigmodelError
 from bigmodel_cli.files import check_text_file
 from bigmodel_cli.recipe import PretrainRecipe, dump_recipe
 from bigmodel_cli.rundir import RECIPE_FILE, clean_metrics, write_json, write_model_card
+from bigmodel_cli.scoring import perplexity
 from bigmodel_cli.training import CountingTrainer, GracefulStop, TimeBudget, budget_schedule, training_arguments
 
 MAX_UNKNOWN_RATE = 0.2  # a tokenizer that maps more of the corpus than this to [UNK] does not fit it
@@ -149,12 +150,6 @@ def bert_config(recipe: PretrainRecipe, tokenizer):
         architectures=["BertForMaskedLM"],
         **recipe.model.model_dump(),
     )
-
-
-def perplexity(loss: float) -> float:
-    from bigmodel_cli.scoring import perplexity as exp_loss
-
-    return exp_loss(loss)
 
 
 def save(model, tokenizer, run_dir: Path, metrics: dict, recipe: PretrainRecipe) -> None:
