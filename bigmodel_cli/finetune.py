@@ -12,7 +12,7 @@ from bigmodel_cli.models import load_tokenizer, model_error, resolve_model_path
 from bigmodel_cli.recipe import FinetuneRecipe, dump_recipe
 from bigmodel_cli.rundir import RECIPE_FILE, clean_metrics, write_json, write_model_card
 from bigmodel_cli.scoring import predict_logits, score_logits, task_metrics
-from bigmodel_cli.training import CountingTrainer, GracefulStop, training_arguments
+from bigmodel_cli.training import CountingTrainer, GracefulStop, RunHeader, training_arguments
 
 
 def run(recipe: FinetuneRecipe, run_dir: Path, resume_from: Path | None = None, quiet: bool = False) -> dict:
@@ -41,7 +41,7 @@ def run(recipe: FinetuneRecipe, run_dir: Path, resume_from: Path | None = None, 
         processing_class=tokenizer,
         compute_metrics=trainer_metrics(task),
         pad_token_id=tokenizer.pad_token_id,
-        callbacks=[stop],
+        callbacks=[stop, RunHeader(f"finetune {task.name}", f"train {len(train)}, eval {len(validation)} examples", quiet)],
     )
     if args.process_index == 0:
         dump_recipe(recipe, run_dir / RECIPE_FILE, f"bigmodel finetune: {shlex.join(sys.argv[1:])}")

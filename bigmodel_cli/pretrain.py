@@ -13,7 +13,7 @@ from bigmodel_cli.files import check_text_file
 from bigmodel_cli.recipe import PretrainRecipe, dump_recipe
 from bigmodel_cli.rundir import RECIPE_FILE, clean_metrics, write_json, write_model_card
 from bigmodel_cli.scoring import perplexity
-from bigmodel_cli.training import CountingTrainer, GracefulStop, TimeBudget, budget_schedule, training_arguments
+from bigmodel_cli.training import BudgetProgress, CountingTrainer, GracefulStop, RunHeader, TimeBudget, budget_schedule, training_arguments
 
 MAX_UNKNOWN_RATE = 0.2  # a tokenizer that maps more of the corpus than this to [UNK] does not fit it
 
@@ -34,6 +34,8 @@ def run(recipe: PretrainRecipe, run_dir: Path, resume_from: Path | None = None, 
     model = SparseHeadBertForMaskedLM(bert_config(recipe, tokenizer))
     stop = GracefulStop()
     budget = TimeBudget(recipe.training.time_budget) if recipe.training.time_budget else None
+    header = RunHeader("pretrain", f"train {len(raw['train'])} lines in {len(train_rows)} sequences, "
+                       f"eval {len(raw['validation'])} lines", quiet, budget)
     trainer = MLMTrainer(
         model=model,
         args=args,
@@ -43,7 +45,7 @@ def run(recipe: PretrainRecipe, run_dir: Path, resume_from: Path | None = None, 
         eval_data_collator=MLMCollator(tokenizer, recipe.data.mlm_probability, recipe.training.seed + 1),
         pad_token_id=tokenizer.pad_token_id,
         budget=budget,
-        callbacks=[stop, budget] if budget else [stop],
+        callbacks=[header, stop, budget] if budget else [header, stop],  # before the progress bar
     )
     if args.process_index == 0:
         dump_recipe(recipe, run_dir / RECIPE_FILE, f"bigmodel pretrain: {shlex.join(sys.argv[1:])}")
@@ -188,6 +190,11 @@ class MLMTrainer(CountingTrainer):
 
     def __init__(self, *args, eval_data_collator=None, budget: TimeBudget | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        if budget is not None and not self.args.disable_tqdm:  # a bar in seconds, not in unknown steps
+            from transformers.trainer_callback import ProgressCallback
+
+            self.remove_callback(ProgressCallback)
+            self.add_callback(BudgetProgress(budget))
         self.eval_data_collator = eval_data_collator
         self.budget = budget
         self.add_callback(EpochToCollator(self.data_collator))

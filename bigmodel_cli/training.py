@@ -165,3 +165,61 @@ class GracefulStop(TrainerCallback):
                 "run the same command again to resume",
                 exit_code=75,
             )
+
+
+class RunHeader(TrainerCallback):
+    """One compact header before training: what is trained on what, where, how (rank 0 only)."""
+
+    def __init__(self, job: str, data: str, quiet: bool = False, budget: TimeBudget | None = None):
+        self.job, self.data, self.quiet, self.budget = job, data, quiet, budget
+
+    def on_train_begin(self, args, state, control, model=None, **kwargs):
+        if self.quiet or not state.is_world_process_zero:
+            return
+        from rich.console import Console
+
+        processes = max(world_size(), 1)
+        batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * processes
+        params = sum(p.numel() for p in model.parameters()) if model is not None else 0
+        device = "cuda" if torch.cuda.is_available() and not args.use_cpu else "cpu"
+        precision = "bf16 autocast" if args.bf16 else "fp16 autocast" if args.fp16 else "fp32"
+        budget = self.budget
+        steps = f"until the {budget.seconds:g} s budget runs out" if budget else f"{state.max_steps} steps"
+        name = type(model).__name__.removeprefix("SparseHead")  # saved as the plain class
+        Console(stderr=True).print(
+            f"[bold]bigmodel {self.job}[/bold]: {name} {params / 1e6:.2f}M parameters | {self.data} | "
+            f"{device}, {precision}, {torch.get_num_threads()} threads | effective batch {batch} "
+            f"({args.per_device_train_batch_size} x {args.gradient_accumulation_steps} accumulation x {processes} "
+            f"process{'es' if processes > 1 else ''}) | {steps}",
+            highlight=False,
+        )
+
+
+class BudgetProgress(TrainerCallback):
+    """Under a time budget the step count is unknown: the bar counts the budget's seconds instead
+    (rate, time left), with the step and loss beside it."""
+
+    def __init__(self, budget: TimeBudget):
+        self.budget = budget
+        self.bar = None
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        if state.is_world_process_zero:
+            from tqdm.auto import tqdm
+
+            self.bar = tqdm(total=round(self.budget.seconds), unit="s", desc="training (time budget)")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.n = round(self.budget.fraction() * self.budget.seconds)
+            self.bar.set_postfix(step=state.global_step, refresh=False)
+            self.bar.refresh()
+
+    def on_log(self, args, state, control, logs=None, **kwargs):
+        if self.bar is not None and logs and "loss" in logs:
+            self.bar.set_postfix(step=state.global_step, loss=f"{logs['loss']:.4g}")
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.bar is not None:
+            self.bar.close()
+            self.bar = None

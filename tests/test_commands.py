@@ -81,3 +81,22 @@ def test_a_finished_run_is_never_overwritten(pretrained):
     result = run_cli("pretrain", "-r", "pretrain/tiny-debug", "-o", pretrained, timeout=60)
     assert result.returncode == 2 and "already holds a finished run" in result.stderr
     assert (pretrained / "model.safetensors").read_bytes() == before
+
+
+def test_header_and_closing_table_say_what_ran_where(tmp_path):
+    result = run_cli("pretrain", "-r", "pretrain/tiny-debug", "-o", tmp_path / "run", env={"COLUMNS": "200"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    header = next(line for line in result.stderr.splitlines() if line.startswith("bigmodel pretrain:"))
+    for words in ("BertForMaskedLM", "M parameters", "train 540 lines", "eval 60 lines", "cpu, fp32",
+                  "effective batch 16", "30 steps"):
+        assert words in header, (words, header)
+    assert "perplexity" in result.stderr and str(tmp_path / "run") in result.stderr.replace("\n", "")
+
+
+def test_time_budget_ends_the_run_and_the_bar_counts_seconds(tmp_path):
+    result = run_cli("pretrain", "-r", "pretrain/tiny-debug", "-o", tmp_path / "run", "--set", "training.time_budget=3",
+                     "--set", "training.max_steps=-1", env={"COLUMNS": "200"})
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "until the 3 s budget runs out" in result.stderr and "training (time budget)" in result.stderr
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert 3 <= metrics["train_runtime"] < 30 and math.isfinite(metrics["perplexity"])
