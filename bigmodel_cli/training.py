@@ -192,6 +192,7 @@ class RunHeader(TrainerCallback):
             f"({args.per_device_train_batch_size} x {args.gradient_accumulation_steps} accumulation x {processes} "
             f"process{'es' if processes > 1 else ''}) | {steps}",
             highlight=False,
+            soft_wrap=True,  # one line, however narrow the terminal: logs and greps keep it whole
         )
 
 
