@@ -49,7 +49,7 @@ def run(recipe: FinetuneRecipe, run_dir: Path, resume_from: Path | None = None, 
     stop.raise_if_stopped(trainer)
     metrics = {**result.metrics, **trainer.throughput(result.metrics["train_runtime"])}
     metrics.update(evaluate_classifier(trainer.model, tokenizer, validation, task,
-                                       recipe.training.per_device_eval_batch_size))
+                                       recipe.training.per_device_eval_batch_size, progress=not quiet))
     metrics["train_samples"], metrics["eval_samples"] = len(raw["train"]), len(raw["validation"])
     metrics["best_checkpoint"] = Path(trainer.state.best_model_checkpoint or "").name or None
     if trainer.is_world_process_zero():
@@ -125,11 +125,12 @@ def trainer_metrics(task: Task):
     return compute
 
 
-def evaluate_classifier(model, tokenizer, features, task: Task, batch_size: int = 128) -> dict[str, float]:
+def evaluate_classifier(model, tokenizer, features, task: Task, batch_size: int = 128,
+                        progress: bool = False) -> dict[str, float]:
     """`eval_loss` and the task's metrics; `bigmodel eval` calls this same function."""
     import numpy as np
 
-    logits = predict_logits(model, tokenizer, features, batch_size)
+    logits = predict_logits(model, tokenizer, features, batch_size, progress)
     labels = np.asarray(features["label"])
     scores = {f"eval_{k}": v for k, v in score_logits(logits, labels, task.metrics, task.is_regression).items()}
     if not task.is_regression:  # rows: true label, columns: predicted
