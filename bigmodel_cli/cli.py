@@ -138,10 +138,8 @@ def finetune(
         "data.validation_file": str(validation_file) if validation_file else None,
         "data.test_file": str(test_file) if test_file else None,
     }
-    if train_file:
-        flags["data.task"] = None
     loaded, _ = load_recipe("finetune", recipe, flags=flags, overrides=set_)
-    if train_file and loaded.data.task:
+    if train_file:  # your own files: a recipe's GLUE task does not apply
         loaded.data.task = None
     default_name = loaded.data.task or (Path(loaded.data.train_file).stem if loaded.data.train_file else recipe_name(recipe))
     run_dir = _run_dir(output_dir, default_name)
