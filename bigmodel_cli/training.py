@@ -8,7 +8,6 @@ weights).
 
 from __future__ import annotations
 
-import math
 import os
 import time
 from pathlib import Path
@@ -122,10 +121,6 @@ def budget_schedule(optimizer, budget: TimeBudget, warmup: float):
         return max(0.0, (1.0 - spent) / max(1.0 - warmup, 1e-9))
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
-
-
-def finite_or_none(value: float | None) -> float | None:
-    return value if value is not None and math.isfinite(value) else None
 
 
 class GracefulStop(TrainerCallback):
