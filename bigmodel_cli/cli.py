@@ -11,6 +11,7 @@ from pathlib import Path
 import typer
 
 from bigmodel_cli.errors import BigmodelError
+from bigmodel_cli.rundir import shown
 
 app = typer.Typer(
     name="bigmodel",
@@ -71,7 +72,7 @@ def _summary(title: str, metrics: dict, run_dir: Path | None, quiet: bool, keys:
     for key in keys:
         if key in metrics:
             value = metrics[key]
-            table.add_row(key, f"{value:.4f}" if isinstance(value, float) else str(value))
+            table.add_row(key, shown(value))
     console = Console(stderr=True)
     console.print(table)
     if run_dir is not None:
@@ -204,7 +205,7 @@ def evaluate(
         print(json.dumps(metrics, sort_keys=True))
     else:
         for key, value in sorted(metrics.items()):
-            print(f"{key:24s} {value:.4f}" if isinstance(value, float) else f"{key:24s} {value}")
+            print(f"{key:24s} {shown(value)}")
 
 
 @app.command()

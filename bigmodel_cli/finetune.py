@@ -10,7 +10,7 @@ from bigmodel_cli.errors import BigmodelError
 from bigmodel_cli.glue import Task, encode
 from bigmodel_cli.models import load_tokenizer, model_error, resolve_model_path
 from bigmodel_cli.recipe import FinetuneRecipe, dump_recipe
-from bigmodel_cli.rundir import RECIPE_FILE, clean_metrics, write_json, write_model_card
+from bigmodel_cli.rundir import RECIPE_FILE, clean_metrics, shown, write_json, write_model_card
 from bigmodel_cli.scoring import predict_logits, score_logits, task_metrics
 from bigmodel_cli.training import CountingTrainer, GracefulStop, RunHeader, training_arguments
 
@@ -151,7 +151,7 @@ def card(run_dir: Path, recipe: FinetuneRecipe, task: Task, metrics: dict) -> No
         summary=(
             f"{recipe.model.name_or_path} fine-tuned with bigmodel for {task.name} "
             f"({'regression' if task.is_regression else ', '.join(task.label_names)}) on {data}. "
-            f"Dev {task.best_metric}: {main:.4f}." if isinstance(main, float) else f"Dev {task.best_metric}: {main}."
+            f"Dev {task.best_metric}: {shown(main)}."
         ),
         metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
         command=f"bigmodel {shlex.join(sys.argv[1:])}",

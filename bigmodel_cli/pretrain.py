@@ -11,7 +11,7 @@ from transformers import TrainerCallback
 from bigmodel_cli.errors import BigmodelError
 from bigmodel_cli.files import check_text_file
 from bigmodel_cli.recipe import PretrainRecipe, dump_recipe
-from bigmodel_cli.rundir import RECIPE_FILE, clean_metrics, write_json, write_model_card
+from bigmodel_cli.rundir import RECIPE_FILE, clean_metrics, shown, write_json, write_model_card
 from bigmodel_cli.scoring import perplexity
 from bigmodel_cli.training import BudgetProgress, CountingTrainer, GracefulStop, RunHeader, TimeBudget, budget_schedule, training_arguments
 
@@ -170,7 +170,7 @@ def save(model, tokenizer, run_dir: Path, metrics: dict, recipe: PretrainRecipe)
         summary=(
             f"A BERT masked-language model pretrained from scratch with bigmodel on "
             f"{', '.join(recipe.data.train_files) or recipe.data.dataset_name}. Held-out perplexity "
-            f"{_shown(metrics['perplexity'])}."
+            f"{shown(metrics['perplexity'], 2)}."
         ),
         metrics=metrics,
         command=f"bigmodel pretrain {shlex.join(sys.argv[2:] if len(sys.argv) > 2 else [])}",
@@ -178,10 +178,6 @@ def save(model, tokenizer, run_dir: Path, metrics: dict, recipe: PretrainRecipe)
         tags=["fill-mask"],
         datasets=[recipe.data.dataset_name] if recipe.data.dataset_name else [],
     )
-
-
-def _shown(value) -> str:
-    return f"{value:.2f}" if isinstance(value, float) else str(value)  # "inf" is kept as text in JSON
 
 
 class MLMTrainer(CountingTrainer):

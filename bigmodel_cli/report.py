@@ -11,6 +11,7 @@ import json
 from pathlib import Path
 
 from bigmodel_cli.errors import BigmodelError
+from bigmodel_cli.rundir import shown
 
 
 def load_run(run_dir: Path) -> dict:
@@ -91,7 +92,7 @@ def run(run_dirs: list[Path], output: Path) -> list[Path]:
              "| --- |" + " --- |" * len(runs)]
     for key in keys:
         cells = [r["metrics"].get(key) for r in runs]
-        lines.append(f"| {key} | " + " | ".join("" if c is None else f"{c:.4f}" if isinstance(c, float) else str(c)
+        lines.append(f"| {key} | " + " | ".join("" if c is None else shown(c)
                                                for c in cells) + " |")
     lines += ["", *[f"![{p.stem}]({p.name})" for p in written]]
     (output / "report.md").write_text("\n".join(lines) + "\n", encoding="utf-8")

@@ -76,6 +76,11 @@ def prepare_run_dir(run_dir: Path, resolved: dict, overwrite: bool) -> Path | No
     return None
 
 
+def shown(value, digits: int = 4) -> str:
+    """A metric as people read it: floats rounded, anything else (counts, "inf" kept as text) as is."""
+    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
 def write_json(path: Path, data: dict) -> None:
     """Write JSON so that a kill mid-write never leaves a truncated file (write, then rename)."""
     tmp = path.with_name(f".{path.name}.tmp")
@@ -122,7 +127,7 @@ def write_model_card(run_dir: Path, *, title: str, summary: str, metrics: dict, 
             ],
         }
     ]
-    rows = "\n".join(f"| {k} | {v:.4f} |" if isinstance(v, float) else f"| {k} | {v} |" for k, v in sorted(metrics.items()))
+    rows = "\n".join(f"| {k} | {shown(v)} |" for k, v in sorted(metrics.items()))
     text = f"""---
 {yaml.safe_dump(front, sort_keys=False).strip()}
 ---
