@@ -7,6 +7,7 @@ import sys
 from pathlib import Path
 
 from bigmodel_cli.errors import BigmodelError
+from bigmodel_cli.files import check_text_file
 from bigmodel_cli.glue import Task, encode
 from bigmodel_cli.models import load_tokenizer, model_error, resolve_model_path
 from bigmodel_cli.recipe import FinetuneRecipe, dump_recipe
@@ -57,11 +58,12 @@ def run(recipe: FinetuneRecipe, run_dir: Path, resume_from: Path | None = None, 
         trainer.save_state()  # trainer_state.json: the log history `bigmodel report` plots
         write_json(run_dir / "metrics.json", clean_metrics(metrics))
         card(run_dir, recipe, task, metrics)
-        if recipe.data.test_file:
-            from bigmodel_cli import predict
+        if recipe.data.test_file:  # with the model in hand: no reload from the run directory
+            from bigmodel_cli.predict import write_predictions
 
-            predict.run(str(run_dir), [], recipe.data.test_file, str(run_dir / "test_predictions.jsonl"),
-                        recipe.training.per_device_eval_batch_size, progress=not quiet)
+            write_predictions(trainer.model, tokenizer, check_text_file(recipe.data.test_file, "data.test_file"),
+                              str(run_dir / "test_predictions.jsonl"), recipe.training.per_device_eval_batch_size,
+                              progress=not quiet)
     return metrics
 
 

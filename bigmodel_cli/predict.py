@@ -9,7 +9,9 @@ from __future__ import annotations
 
 import csv
 import json
+import sys
 from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 from bigmodel_cli.errors import BigmodelError
@@ -92,9 +94,6 @@ def predict_rows(model, tokenizer, rows: list[dict], columns: list[str], batch_s
 def run(model_dir: str, texts: list[str], input_file: str | None, output: str | None,
         batch_size: int, progress: bool) -> int:
     """Predict and write JSON lines to `output` (or stdout). Returns the number of examples."""
-    import sys
-
-    from tqdm.auto import tqdm
     from transformers import AutoModelForSequenceClassification
 
     from bigmodel_cli.models import load_tokenizer, model_error, resolve_model_path
@@ -109,31 +108,45 @@ def run(model_dir: str, texts: list[str], input_file: str | None, output: str | 
     except Exception as e:
         raise model_error(model_dir, e) from None
     tokenizer = load_tokenizer(model_dir)
-    sink = open(output, "w", encoding="utf-8") if output else sys.stdout
-    count = 0
-    try:
-        if texts:
-            columns = ["sentence1", "sentence2"][: len(texts)]
+    if texts:
+        columns = ["sentence1", "sentence2"][: len(texts)]
+        with _sink(output) as sink:
             for record in predict_rows(model, tokenizer, [dict(zip(columns, texts))], columns, batch_size):
                 sink.write(json.dumps(record, ensure_ascii=False) + "\n")
-            return 1
-        rows = iter_rows(path)
-        first = next(rows, None)
-        if first is None:
-            raise BigmodelError(f"--input-file {path} has no examples")
-        columns = text_columns(model.config, first, path)
-        chunk, bar = [first], tqdm(desc="predicting", unit="ex", disable=not progress)
+        return 1
+    return write_predictions(model, tokenizer, path, output, batch_size, progress)
+
+
+def write_predictions(model, tokenizer, path: Path, output: str | None, batch_size: int, progress: bool) -> int:
+    """Stream `path` through a loaded classifier, CHUNK examples at a time, into JSON lines at
+    `output` (or stdout). Returns the number of examples."""
+    from tqdm.auto import tqdm
+
+    rows = iter_rows(Path(path))
+    first = next(rows, None)
+    if first is None:
+        raise BigmodelError(f"--input-file {path} has no examples")
+    columns = text_columns(model.config, first, path)
+    count = 0
+    with _sink(output) as sink, tqdm(desc="predicting", unit="ex", disable=not progress) as bar:
+        chunk = [first]
         for row in rows:
             chunk.append(row)
             if len(chunk) == CHUNK:
                 count += _flush(model, tokenizer, chunk, columns, batch_size, sink, bar)
                 chunk = []
         count += _flush(model, tokenizer, chunk, columns, batch_size, sink, bar) if chunk else 0
-        bar.close()
-    finally:
-        if output:
-            sink.close()
     return count
+
+
+@contextmanager
+def _sink(output: str | None):
+    """The output file (closed afterwards), or stdout (left open)."""
+    if output is None:
+        yield sys.stdout
+        return
+    with open(output, "w", encoding="utf-8") as f:
+        yield f
 
 
 def _flush(model, tokenizer, chunk, columns, batch_size, sink, bar) -> int:
