@@ -10,7 +10,7 @@ from pathlib import Path
 
 import typer
 
-from bigmodel_cli.errors import BigmodelError
+from bigmodel_cli.errors import BigmodelError, write_failure
 from bigmodel_cli.rundir import shown
 
 app = typer.Typer(
@@ -304,6 +304,12 @@ def main() -> None:
     except Exception as e:  # a bug or an unforeseen failure: one line, the traceback on request
         if debug:
             raise
+        reason = write_failure(e)
+        if reason is not None:  # a full disk or a folder we may not write: the user can fix it
+            where = f" {e.filename}" if getattr(e, "filename", None) else ""
+            print(f"error: cannot write{where}: {reason}; free space or fix permissions, then run the same command "
+                  "again (an unfinished run resumes from its last complete checkpoint)", file=sys.stderr)
+            sys.exit(2)
         print(f"error: {type(e).__name__}: {e} (run again with --debug for the traceback)", file=sys.stderr)
         sys.exit(1)
     sys.exit(result if isinstance(result, int) else 0)

@@ -10,6 +10,7 @@ import json
 import math
 import os
 import shutil
+import sys
 from pathlib import Path
 
 import yaml
@@ -28,18 +29,40 @@ def _same_recipe(path: Path, resolved: dict) -> bool:
 
 
 def checkpoints(run_dir: Path) -> list[Path]:
-    """Complete checkpoints, oldest first. A checkpoint is complete once the Trainer wrote its
-    `trainer_state.json`, which it writes last; a half-written one (a kill mid-save) is skipped."""
+    """Complete checkpoints, oldest first. bigmodel writes a checkpoint as `tmp-checkpoint-N` and
+    renames it when complete; a folder of the stock Trainer's (written in place) counts only when its
+    `trainer_state.json`, written last, parses."""
     found = [p for p in run_dir.glob("checkpoint-*") if p.name.split("-")[-1].isdigit()]
-    return sorted((p for p in found if (p / "trainer_state.json").is_file()), key=lambda p: int(p.name.split("-")[-1]))
+    return sorted((p for p in found if _state_parses(p / "trainer_state.json")), key=lambda p: int(p.name.split("-")[-1]))
+
+
+def _state_parses(path: Path) -> bool:
+    try:
+        return isinstance(json.loads(path.read_text(encoding="utf-8")), dict)
+    except (OSError, ValueError):
+        return False
+
+
+def drop_partial_checkpoints(run_dir: Path) -> list[str]:
+    """Remove what a kill during a save left: `tmp-checkpoint-*` folders and checkpoint folders that
+    are not complete. Returns their names."""
+    complete = set(checkpoints(run_dir))
+    partial = [p for p in run_dir.glob("tmp-checkpoint-*") if p.is_dir()]
+    partial += [p for p in run_dir.glob("checkpoint-*") if p.is_dir() and p not in complete]
+    for path in partial:
+        shutil.rmtree(path, ignore_errors=True)
+    return sorted(p.name for p in partial)
 
 
 def prepare_run_dir(run_dir: Path, resolved: dict, overwrite: bool) -> Path | None:
     """Make `run_dir` ready. Returns the checkpoint to resume from, if the folder holds an
     unfinished run of the same recipe; refuses a folder that holds anything else."""
     run_dir = Path(run_dir)
-    if run_dir.exists() and not run_dir.is_dir():
-        raise BigmodelError(f"--output-dir {run_dir} is a file; choose a folder")
+    try:
+        if run_dir.exists() and not run_dir.is_dir():
+            raise BigmodelError(f"--output-dir {run_dir} is a file; choose a folder")
+    except PermissionError:
+        raise BigmodelError(f"cannot reach --output-dir {run_dir} (permission denied); choose a folder you can write") from None
     if run_dir.is_dir() and any(run_dir.iterdir()):
         recipe_file = run_dir / RECIPE_FILE
         if overwrite:
@@ -64,6 +87,10 @@ def prepare_run_dir(run_dir: Path, resolved: dict, overwrite: bool) -> Path | No
                 "to replace it or choose another --output-dir"
             )
         else:
+            dropped = drop_partial_checkpoints(run_dir)
+            if dropped:
+                print(f"removed incomplete checkpoints left by an interrupted save: {', '.join(dropped)}",
+                      file=sys.stderr)
             found = checkpoints(run_dir)
             return found[-1] if found else None
     try:

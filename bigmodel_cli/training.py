@@ -8,14 +8,16 @@ weights).
 
 from __future__ import annotations
 
+import json
 import os
+import shutil
 import time
 from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
 
-from bigmodel_cli.errors import BigmodelError
+from bigmodel_cli.errors import BigmodelError, write_failure
 from bigmodel_cli.recipe import TrainingSection
 
 
@@ -42,8 +44,12 @@ def training_arguments(training: TrainingSection, run_dir: Path, quiet: bool = F
     )
 
 
+STAGING_PREFIX = "tmp-"  # a checkpoint being written; renamed to checkpoint-N once complete
+
+
 class CountingTrainer(Trainer):
-    """`Trainer` that counts real tokens and examples, and stops on a non-finite loss."""
+    """`Trainer` that counts real tokens and examples, stops on a non-finite loss, and writes each
+    checkpoint atomically (a kill mid-save never leaves one that looks complete)."""
 
     def __init__(self, *args, pad_token_id: int = 0, **kwargs):
         super().__init__(*args, **kwargs)
@@ -54,6 +60,7 @@ class CountingTrainer(Trainer):
         self.pad_token_id = pad_token_id
         self.real_tokens = 0
         self.examples_seen = 0
+        self.loss_sum = 0.0  # over every step of the run, a resumed one included (saved in checkpoints)
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         ids = inputs["input_ids"]
@@ -63,6 +70,7 @@ class CountingTrainer(Trainer):
         else:
             self.examples_seen += ids.shape[0]
         loss = super().training_step(model, inputs, num_items_in_batch)
+        self.loss_sum += float(loss)
         if not torch.isfinite(loss).all():
             step = self.state.global_step + 1
             kept = sorted(Path(self.args.output_dir).glob("checkpoint-*"))
@@ -73,6 +81,83 @@ class CountingTrainer(Trainer):
                 exit_code=3,
             )
         return loss
+
+    def _save_checkpoint(self, model, trial):
+        """Trainer's checkpoint (model, optimizer, scheduler, RNG states, trainer state), written to
+        `tmp-checkpoint-N` and renamed to `checkpoint-N` only when every file is on disk. The stock
+        save writes in place: a kill during it left a checkpoint that auto-resume took and crashed on.
+        A full disk or a write error stops the run with one line; the complete checkpoints stay."""
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR, rotate_checkpoints
+
+        run_dir = Path(self._get_output_dir(trial=trial))
+        name = f"{PREFIX_CHECKPOINT_DIR}-{self.state.global_step}"
+        staging, final = run_dir / f"{STAGING_PREFIX}{name}", run_dir / name
+        if self.hp_search_backend is None and trial is None:
+            self.store_flos()
+        try:
+            self._write_checkpoint(staging, final)
+            self.accelerator.wait_for_everyone()  # every process's RNG file is in before the rename
+            if self.args.should_save:
+                sync_folder(staging)
+                if final.exists():  # a leftover of an earlier attempt at this step: replaced whole
+                    shutil.rmtree(final)
+                os.replace(staging, final)
+                sync_folder(run_dir)
+                rotate_checkpoints(str(run_dir), self.args.save_total_limit, self.state.best_model_checkpoint,
+                                   use_mtime=False)
+        except Exception as e:
+            reason = write_failure(e)
+            if reason is None and shutil.disk_usage(run_dir).free < 1 << 20:
+                reason = f"no space left on device ({type(e).__name__} while saving)"  # torch.save says "unexpected pos"
+            if reason is None:  # not the disk's fault: a bug, shown as such
+                raise
+            shutil.rmtree(staging, ignore_errors=True)
+            kept = [p.name for p in sorted(run_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*")) if p != final]
+            raise BigmodelError(
+                f"cannot write {name} in {run_dir}: {reason}; free space or fix permissions, then run the same "
+                "command again to resume" + (f" from {kept[-1]}" if kept else ""),
+            ) from None
+        self.accelerator.wait_for_everyone()
+
+    def _write_checkpoint(self, staging: Path, final: Path) -> None:
+        from transformers.trainer_callback import ExportableState
+        from transformers.trainer_utils import PREFIX_CHECKPOINT_DIR
+
+        self.save_model(str(staging), _internal_call=True)
+        if not self.args.save_only_model:
+            self._save_optimizer_and_scheduler(str(staging))
+            self._save_scaler(str(staging))
+            self._save_rng_state(str(staging))
+        best = self.state.best_global_step
+        if best and self.args.save_strategy != "no":  # as Trainer does, under the final name
+            best_dir = final.parent / f"{PREFIX_CHECKPOINT_DIR}-{best}"
+            if best == self.state.global_step or best_dir.is_dir():
+                self.state.best_model_checkpoint = str(best_dir)
+        if self.args.should_save:
+            for callback in [*self.callback_handler.callbacks, self.control]:
+                if isinstance(callback, ExportableState):
+                    key = callback.__class__.__name__
+                    if isinstance(self.state.stateful_callbacks.get(key), list):
+                        self.state.stateful_callbacks[key].append(callback.state())
+                    else:
+                        self.state.stateful_callbacks[key] = callback.state()
+            self.state.save_to_json(str(staging / "trainer_state.json"))
+        # Per process (its own share of the loss); the trainer state above is the main process's.
+        (staging / f"bigmodel_state_{self.args.process_index}.json").write_text(json.dumps({"loss_sum": self.loss_sum}))
+
+    def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
+        super()._load_from_checkpoint(resume_from_checkpoint, model)
+        saved = Path(resume_from_checkpoint) / f"bigmodel_state_{self.args.process_index}.json"
+        if saved.is_file():
+            self.loss_sum = json.loads(saved.read_text())["loss_sum"]
+
+    def train_loss(self) -> float:
+        """The mean training loss over all steps of the run. Trainer's own `train_loss` averages only
+        the steps since the last resume, so a resumed run would report another figure."""
+        total = torch.tensor([self.loss_sum], dtype=torch.float64)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            torch.distributed.all_reduce(total)
+        return float(total) / max(world_size(), 1) / max(self.state.global_step, 1)
 
     def throughput(self, runtime: float) -> dict[str, float]:
         """Real tokens and examples per second over the training run, summed over processes."""
@@ -86,6 +171,17 @@ class CountingTrainer(Trainer):
             "train_tokens_per_second": round(tokens / runtime, 3),
             "train_examples_per_second": round(examples / runtime, 3),
         }
+
+
+def sync_folder(folder: Path) -> None:
+    """fsync a folder's files and the folder itself, so a rename that follows is durable."""
+    for path in [*folder.iterdir(), folder] if folder.is_dir() else []:
+        if path.is_file() or path == folder:
+            fd = os.open(path, os.O_RDONLY)
+            try:
+                os.fsync(fd)
+            finally:
+                os.close(fd)
 
 
 class TimeBudget(TrainerCallback):

@@ -2,6 +2,7 @@
 value and what to do, no traceback, and nothing the user had is touched."""
 
 import shutil
+from pathlib import Path
 
 import pytest
 from conftest import TINY, run_cli
@@ -133,3 +134,68 @@ def test_diverged_training_stops_with_the_step(tmp_path):
     fails(pretrain(tmp_path, "training.learning_rate=1e6", "training.warmup_steps=0"),
           "at step", "diverged", "learning_rate", code=3)
     assert not (tmp_path / "run" / "metrics.json").exists()
+
+
+def _can(command: list[str]) -> bool:
+    import subprocess
+
+    try:
+        return subprocess.run(command, capture_output=True, timeout=30).returncode == 0
+    except (OSError, subprocess.SubprocessError):
+        return False
+
+
+@pytest.mark.skipif(not _can(["unshare", "--mount", "true"]), reason="needs a private mount namespace (unshare --mount)")
+def test_disk_full_while_saving_keeps_the_last_complete_checkpoint_and_resumes(tmp_path):
+    """A real full disk: the run directory is a 700 KB tmpfs, room for one checkpoint (~450 KB) but
+    not two. The save at step 20 fails; checkpoint-10 stays complete; with room again, resume."""
+    import subprocess
+    import sys
+
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    bigmodel = [sys.executable, "-m", "bigmodel_cli", "pretrain", "-r", "pretrain/tiny-debug", "-q", "-o", str(run_dir),
+                "--set", "training.max_steps=30", "--set", "training.save_total_limit=1", "--set", "training.report_to=[none]"]
+    script = f"""
+mount -t tmpfs -o size=700k tmpfs {run_dir}
+{' '.join(bigmodel)} 2> {tmp_path}/full.err; echo $? > {tmp_path}/full.rc
+ls -a {run_dir} > {tmp_path}/after-full.ls
+mount -o remount,size=64m {run_dir}
+{' '.join(bigmodel)} 2> {tmp_path}/resume.err; echo $? > {tmp_path}/resume.rc
+ls {run_dir} > {tmp_path}/after-resume.ls
+"""
+    subprocess.run(["unshare", "--mount", "sh", "-c", script], check=True, timeout=600, cwd=tmp_path)
+    full_err = (tmp_path / "full.err").read_text()
+    assert (tmp_path / "full.rc").read_text().strip() == "2", full_err[-1500:]
+    assert "Traceback" not in full_err
+    assert full_err.strip().splitlines()[-1].startswith("error: cannot write checkpoint-20"), full_err[-1500:]
+    assert "no space left on device" in full_err and "resume from checkpoint-10" in full_err
+    left = (tmp_path / "after-full.ls").read_text().split()
+    assert "checkpoint-10" in left and "tmp-checkpoint-20" not in left and "checkpoint-20" not in left
+    resume_err = (tmp_path / "resume.err").read_text()
+    assert (tmp_path / "resume.rc").read_text().strip() == "0", resume_err[-1500:]
+    assert f"resuming from {run_dir / 'checkpoint-10'}" in resume_err
+    assert "metrics.json" in (tmp_path / "after-resume.ls").read_text().split()
+
+
+NOBODY = ["setpriv", "--reuid=65534", "--regid=65534", "--clear-groups"]
+
+
+@pytest.mark.skipif(not _can([*NOBODY, "true"]), reason="needs setpriv to run as an unprivileged user")
+def test_output_dir_without_write_permission(tmp_path):
+    """As an unprivileged user (root ignores permissions), into a folder that user may not write."""
+    import os
+    import subprocess
+    import sys
+    import tempfile
+
+    locked = Path(tempfile.mkdtemp(prefix="bigmodel-locked-"))
+    try:
+        locked.chmod(0o755)  # readable by all, writable by its owner (root) only
+        result = subprocess.run([*NOBODY, sys.executable, "-m", "bigmodel_cli", "pretrain", "-r", "pretrain/tiny-debug",
+                                 "-o", str(locked / "run")], capture_output=True, text=True, timeout=120,
+                                env={**os.environ, "HOME": str(locked)}, cwd=locked)
+        fails(result, str(locked / "run"), "cannot write", "Permission denied")
+        assert list(locked.iterdir()) == []
+    finally:
+        shutil.rmtree(locked)
