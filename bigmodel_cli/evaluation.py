@@ -37,7 +37,7 @@ def evaluate_classifier_on(model_dir: str, task_name: str | None, split: str, da
 
     path = resolve_model_path(model_dir)
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(path)
+        model = AutoModelForSequenceClassification.from_pretrained(path, use_safetensors=True)
     except Exception as e:
         raise model_error(model_dir, e) from None
     tokenizer = load_tokenizer(model_dir)
@@ -69,7 +69,7 @@ def evaluate_mlm_on(model_dir: str, data_file: str, batch_size: int) -> dict:
         raise BigmodelError("--task mlm needs --data-file: a text file, one example per line")
     check_text_file(data_file, "--data-file")
     try:
-        model = SparseHeadBertForMaskedLM.from_pretrained(resolve_model_path(model_dir))
+        model = SparseHeadBertForMaskedLM.from_pretrained(resolve_model_path(model_dir), use_safetensors=True)
     except Exception as e:
         raise model_error(model_dir, e) from None
     tokenizer = load_tokenizer(model_dir)

@@ -81,6 +81,7 @@ def load_classifier(recipe: FinetuneRecipe, task: Task):
             label2id={name: i for i, name in enumerate(labels)},
             problem_type="regression" if task.is_regression else "single_label_classification",
             ignore_mismatched_sizes=True,  # a checkpoint with another head gets a fresh one
+            use_safetensors=True,  # never unpickle weights: a .bin file can run code
             trust_remote_code=recipe.model.trust_remote_code,
         )
     except Exception as e:

@@ -32,7 +32,13 @@ def resolve_model_path(name_or_path: str) -> str:
 def model_error(name_or_path: str, error: Exception) -> BigmodelError:
     """One line for any failure to load a model or tokenizer."""
     cause = " ".join(str(error).split())[:160]
-    if Path(name_or_path).is_dir():
+    folder = Path(name_or_path)
+    if folder.is_dir() and list(folder.glob("*.bin")) and not list(folder.glob("*.safetensors")):
+        return BigmodelError(
+            f"model '{name_or_path}' holds only pickled weights (*.bin), which can run code when loaded; bigmodel "
+            "loads safetensors only: convert it with model.save_pretrained(folder) after loading it once where you trust it"
+        )
+    if folder.is_dir():
         return BigmodelError(
             f"model '{name_or_path}' could not be loaded as a Hugging Face model folder "
             f"({type(error).__name__}: {cause}); point --model at a run directory or a saved model"

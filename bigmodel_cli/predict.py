@@ -104,7 +104,7 @@ def run(model_dir: str, texts: list[str], input_file: str | None, output: str | 
         raise BigmodelError(f"--output {output} already exists; choose another file (nothing was overwritten)")
     path = check_text_file(input_file, "--input-file") if input_file else None
     try:
-        model = AutoModelForSequenceClassification.from_pretrained(resolve_model_path(model_dir))
+        model = AutoModelForSequenceClassification.from_pretrained(resolve_model_path(model_dir), use_safetensors=True)
     except Exception as e:
         raise model_error(model_dir, e) from None
     tokenizer = load_tokenizer(model_dir)

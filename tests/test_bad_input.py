@@ -199,3 +199,19 @@ def test_output_dir_without_write_permission(tmp_path):
         assert list(locked.iterdir()) == []
     finally:
         shutil.rmtree(locked)
+
+
+def test_pickled_weights_are_refused(tmp_path, pretrained):
+    """Safe by default: weights load from safetensors only; a pytorch_model.bin is never unpickled."""
+    import torch
+    from safetensors.torch import load_file
+
+    pickled = tmp_path / "pickled"
+    pickled.mkdir()
+    torch.save(load_file(pretrained / "model.safetensors"), pickled / "pytorch_model.bin")
+    for name in ("config.json", "tokenizer.json", "tokenizer_config.json"):
+        shutil.copy(pretrained / name, pickled / name)
+    assert list(pickled.glob("*.bin")) and not list(pickled.glob("*.safetensors"))
+    fails(run_cli("finetune", "-r", "finetune/mrpc-tiny-debug", "--model", pickled, "-o", tmp_path / "run"),
+          "pickled", "safetensors only")
+    assert not list((tmp_path / "run").glob("*.safetensors"))
