@@ -182,6 +182,64 @@ def _finetune_seeds(job, recipe, run_dir: Path, seeds: int, overwrite: bool, qui
         _say(f"per-seed runs and seeds_summary.json in {run_dir}")
 
 
+@app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
+def launch(
+    ctx: typer.Context,
+    num_processes: int | None = typer.Option(None, "--num-processes", "-n", min=1,
+                                             help="Processes in all (all machines together). Default: the config's, else 1."),
+    config: str | None = typer.Option(None, "--config", "-c", help="An Accelerate config file, or a shipped one: "
+                                      "accelerate/single-gpu-bf16, multi-gpu-ddp, fsdp, deepspeed-zero2, two-machines."),
+    num_machines: int | None = typer.Option(None, "--num-machines", min=1, help="Machines taking part. Default: the config's, else 1."),
+    machine_rank: int | None = typer.Option(None, "--machine-rank", min=0, help="This machine's rank, 0 to num-machines - 1."),
+    main_process_ip: str | None = typer.Option(None, "--main-process-ip", help="Machine 0's address (several machines)."),
+    main_process_port: int | None = typer.Option(None, "--main-process-port", help="A free port on machine 0."),
+) -> None:
+    """Run `pretrain` or `finetune` under Accelerate's launcher, in several processes or on several machines.
+
+    `bigmodel launch -n 2 pretrain -r pretrain/bert-tiny` is `accelerate launch --multi_gpu --num_processes 2
+    -m bigmodel_cli pretrain -r pretrain/bert-tiny`: a thin wrapper, nothing re-implemented. The recipe's
+    training.global_batch_size holds whatever the number of processes.
+    """
+    command = ctx.args
+    if not command or command[0] not in ("pretrain", "finetune"):
+        raise BigmodelError("name the command to launch after the options, e.g. bigmodel launch -n 2 pretrain -r pretrain/bert-tiny")
+    argv = launch_arguments(command, num_processes, config, num_machines, machine_rank, main_process_ip, main_process_port)
+    from accelerate.commands.launch import launch_command, launch_command_parser
+
+    try:
+        launch_command(launch_command_parser().parse_args(argv))
+    except Exception as e:  # the workers printed their own errors above
+        raise BigmodelError(f"the launched processes failed ({type(e).__name__}); see their messages above", exit_code=1) from None
+
+
+def launch_arguments(command: list[str], num_processes: int | None, config: str | None, num_machines: int | None,
+                     machine_rank: int | None, main_process_ip: str | None, main_process_port: int | None) -> list[str]:
+    """`accelerate launch` arguments for a bigmodel command."""
+    argv: list[str] = []
+    if config:
+        from bigmodel_cli.recipe import recipes_dir
+
+        shipped = recipes_dir() / f"{config.removesuffix('.yaml')}.yaml"
+        path = Path(config) if Path(config).is_file() else shipped
+        if not path.is_file():
+            names = sorted(p.stem for p in (recipes_dir() / "accelerate").glob("*.yaml"))
+            raise BigmodelError(f"--config {config}: no such file, and no shipped Accelerate config accelerate/{{{','.join(names)}}}")
+        argv += ["--config_file", str(path)]
+    elif (num_processes or 1) > 1 or (num_machines or 1) > 1:
+        # No config: torchrun-style processes; on a machine without GPUs they train on the CPU (gloo).
+        argv += ["--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    else:
+        argv += ["--num_processes", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
+    for flag, value in (("--num_processes", num_processes), ("--num_machines", num_machines),
+                        ("--machine_rank", machine_rank), ("--main_process_ip", main_process_ip),
+                        ("--main_process_port", main_process_port)):
+        if value is not None:
+            argv += [flag, str(value)]
+    if (num_machines or 1) > 1 and not config:
+        argv += ["--rdzv_backend", "static", "--same_network"]
+    return [*argv, "-m", "bigmodel_cli", *command]
+
+
 @app.command("eval")
 def evaluate(
     model: str = typer.Option(..., "--model", "-m", help="A saved model folder (a finetune or pretrain run)."),

@@ -30,7 +30,7 @@ def run(recipe: FinetuneRecipe, run_dir: Path, resume_from: Path | None = None, 
     tokenizer.model_max_length = recipe.data.max_seq_length  # eval and predict truncate the same way
     args = training_arguments(recipe.training, run_dir, quiet, **best_epoch_arguments(recipe, task),
                               train_sampling_strategy="group_by_length")
-    with args.main_process_first(desc="tokenizing"):
+    with args.main_process_first(local=False, desc="tokenizing"):
         train, validation = encode(raw["train"], tokenizer), encode(raw["validation"], tokenizer)
     stop = GracefulStop()
     trainer = CountingTrainer(
@@ -44,6 +44,9 @@ def run(recipe: FinetuneRecipe, run_dir: Path, resume_from: Path | None = None, 
         pad_token_id=tokenizer.pad_token_id,
         callbacks=[stop, RunHeader(f"finetune {task.name}", f"train {len(train)}, eval {len(validation)} examples", quiet)],
     )
+    # The classifier's loss is a plain mean that ignores `num_items_in_batch`; Trainer would still
+    # multiply it by the number of processes (seen here: twice the loss, and twice the gradient, on 2).
+    trainer.model_accepts_loss_kwargs = False
     if args.process_index == 0:
         dump_recipe(recipe, run_dir / RECIPE_FILE, f"bigmodel finetune: {shlex.join(sys.argv[1:])}")
     result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
@@ -124,7 +127,9 @@ def trainer_metrics(task: Task):
     def compute(prediction):
         logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
         predictions = logits.reshape(-1) if task.is_regression else np.argmax(logits, axis=-1)
-        return task_metrics(task.metrics, predictions, prediction.label_ids)
+        scores = task_metrics(task.metrics, predictions, prediction.label_ids)
+        scores["examples"] = len(prediction.label_ids)  # gathered from every process, each example once
+        return scores
 
     return compute
 

@@ -27,7 +27,9 @@ def run(recipe: PretrainRecipe, run_dir: Path, resume_from: Path | None = None, 
     args = training_arguments(recipe.training, run_dir, quiet, prediction_loss_only=True,
                               remove_unused_columns=False)
     set_seed(recipe.training.seed)
-    with args.main_process_first(desc="tokenizer and data"):
+    # local=False: the global main process first, then the rest, which reuse its tokenizer from the
+    # run directory (on every machine the same folder: a shared filesystem, as Trainer's checkpoints need).
+    with args.main_process_first(local=False, desc="tokenizer and data"):
         raw = load_corpus(recipe)
         tokenizer = get_tokenizer(recipe, raw["train"], run_dir)
         train_rows, eval_rows = tokenize_corpus(recipe, tokenizer, raw)

@@ -38,7 +38,9 @@ class TrainingSection(Section):
     learning_rate: float = Field(5e-5, gt=0)  # peak learning rate of the schedule
     num_train_epochs: float = Field(3.0, gt=0)  # passes over the training set (max_steps wins if > 0)
     max_steps: int = -1  # total optimizer steps; -1 means num_train_epochs decides
-    per_device_train_batch_size: int = Field(32, ge=1)  # examples per process per step
+    # examples per optimizer step, all processes together; per-device batch and accumulation are derived
+    global_batch_size: int | None = Field(None, ge=1)
+    per_device_train_batch_size: int = Field(32, ge=1)  # examples per process per micro-batch (with global_batch_size: the most that fits)
     per_device_eval_batch_size: int = Field(128, ge=1)  # examples per process per eval batch
     gradient_accumulation_steps: int = Field(1, ge=1)  # micro-batches summed into one step
     warmup_steps: float = Field(0.0, ge=0)  # an int is steps; a float in [0, 1) a fraction of all steps
@@ -73,12 +75,27 @@ class TrainingSection(Section):
 
     def trainer_kwargs(self) -> dict[str, Any]:
         """The fields that `TrainingArguments` takes, in its own units."""
-        kwargs = self.model_dump(exclude={"time_budget"})
+        kwargs = self.model_dump(exclude={"time_budget", "global_batch_size"})
         if kwargs["warmup_steps"] >= 1:
             kwargs["warmup_steps"] = int(kwargs["warmup_steps"])
         if kwargs["eval_steps"] is None:
             kwargs.pop("eval_steps")
         return kwargs
+
+
+def split_global_batch(global_batch: int, processes: int, most_per_device: int) -> tuple[int, int]:
+    """(per-device batch, accumulation steps) whose product with `processes` is exactly
+    `global_batch`, with the largest per-device batch up to `most_per_device`."""
+    if global_batch % processes:
+        raise BigmodelError(
+            f"training.global_batch_size {global_batch} is not divisible by the {processes} processes; "
+            f"choose a multiple of {processes}"
+        )
+    per_process = global_batch // processes
+    for per_device in range(min(most_per_device, per_process), 0, -1):
+        if per_process % per_device == 0:
+            return per_device, per_process // per_device
+    return 1, per_process
 
 
 # --------------------------------------------------------------------------------------------
@@ -203,7 +220,8 @@ def find_recipe(name_or_path: str) -> Path:
 
 def list_recipes(kind: str | None = None) -> list[str]:
     root = recipes_dir()
-    names = sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml"))
+    names = sorted(str(p.relative_to(root).with_suffix("")) for p in root.rglob("*.yaml")
+                   if p.relative_to(root).parts[0] != "accelerate")  # Accelerate's configs, not recipes
     return [n for n in names if kind is None or n.startswith(f"{kind}/")]
 
 

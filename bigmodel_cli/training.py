@@ -16,9 +16,10 @@ from pathlib import Path
 
 import torch
 from transformers import Trainer, TrainerCallback, TrainingArguments
+from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from bigmodel_cli.errors import BigmodelError, write_failure
-from bigmodel_cli.recipe import TrainingSection
+from bigmodel_cli.recipe import TrainingSection, split_global_batch
 
 
 def world_size() -> int:
@@ -27,6 +28,9 @@ def world_size() -> int:
 
 def training_arguments(training: TrainingSection, run_dir: Path, quiet: bool = False, **extra) -> TrainingArguments:
     kwargs = training.trainer_kwargs()
+    if training.global_batch_size:  # the recipe's global batch, whatever the number of processes
+        kwargs["per_device_train_batch_size"], kwargs["gradient_accumulation_steps"] = split_global_batch(
+            training.global_batch_size, world_size(), training.per_device_train_batch_size)
     if training.time_budget:  # the budget ends the run; the epoch count must not end it first
         kwargs["num_train_epochs"] = max(kwargs["num_train_epochs"], 10_000)
     if kwargs["report_to"] == [] or "none" in kwargs["report_to"]:
@@ -34,6 +38,8 @@ def training_arguments(training: TrainingSection, run_dir: Path, quiet: bool = F
     if not torch.cuda.is_available() and world_size() > 1:
         # Without gloo, Trainer on CPU under torchrun silently runs independent single-process copies.
         extra.setdefault("ddp_backend", "gloo")
+    if world_size() > 1:
+        extra.setdefault("ddp_find_unused_parameters", False)  # BERT uses every parameter: no extra graph walk
     kwargs.update(extra)
     return TrainingArguments(
         output_dir=str(run_dir),
@@ -81,6 +87,17 @@ class CountingTrainer(Trainer):
                 exit_code=3,
             )
         return loss
+
+    def _get_train_sampler(self, train_dataset=None):
+        """Length-grouped batches formed over the global batch (Trainer groups per process), so the
+        examples of each optimizer step are the same whatever the number of processes."""
+        dataset = train_dataset if train_dataset is not None else self.train_dataset
+        columns = getattr(dataset, "column_names", None) or []
+        if self.args.train_sampling_strategy != "group_by_length" or "input_ids" not in columns:
+            return super()._get_train_sampler(train_dataset)
+        lengths = dataset["length"] if "length" in columns else [len(ids) for ids in dataset["input_ids"]]
+        global_batch = self.args.train_batch_size * self.args.gradient_accumulation_steps * max(world_size(), 1)
+        return SeededLengthGroupedSampler(global_batch, lengths=list(lengths), seed=self.args.seed)
 
     def _save_checkpoint(self, model, trial):
         """Trainer's checkpoint (model, optimizer, scheduler, RNG states, trainer state), written to
@@ -173,6 +190,22 @@ class CountingTrainer(Trainer):
         }
 
 
+class SeededLengthGroupedSampler(LengthGroupedSampler):
+    """Length-grouped order drawn from (seed, epoch), not from the global RNG: the same in every
+    process, on every process count, and after a resume (Accelerate calls `set_epoch`)."""
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int):
+        super().__init__(batch_size, lengths=lengths)
+        self.seed, self.epoch = seed, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __iter__(self):
+        self.generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return super().__iter__()
+
+
 def sync_folder(folder: Path) -> None:
     """fsync a folder's files and the folder itself, so a rename that follows is durable."""
     for path in [*folder.iterdir(), folder] if folder.is_dir() else []:
@@ -191,17 +224,23 @@ class TimeBudget(TrainerCallback):
     def __init__(self, seconds: float):
         self.seconds = seconds
         self.start: float | None = None
+        self.spent = 0.0  # the fraction as of the last step end: on every process, the main one's
 
     def fraction(self) -> float:
-        if self.start is None:
-            return 0.0
-        return min(1.0, (time.monotonic() - self.start) / self.seconds)
+        return self.spent
 
     def on_train_begin(self, args, state, control, **kwargs):
         self.start = time.monotonic()
+        self.spent = 0.0
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.fraction() >= 1.0:
+        spent = torch.tensor([min(1.0, (time.monotonic() - self.start) / self.seconds)], dtype=torch.float64)
+        if torch.distributed.is_available() and torch.distributed.is_initialized():
+            # Every process must follow one clock: the same learning rate, and the same last step
+            # (a process that stopped alone would leave the others waiting in all-reduce forever).
+            torch.distributed.broadcast(spent, src=0)
+        self.spent = float(spent)
+        if self.spent >= 1.0:
             control.should_training_stop = True
             control.should_save = args.save_strategy != "no"
         return control

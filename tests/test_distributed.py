@@ -1,0 +1,180 @@
+"""Scale-out under Accelerate, proven on this CPU machine: 2 processes (gloo) and the two-machine
+path on one host give one run directory, metrics over every eval example exactly once, and the
+loss curve of a 1-process run with the same global batch.
+
+Dropout is off in these runs (it draws from each process's own RNG stream), so the two curves see
+the same examples, masks and learning rates per step and differ only by the order of float sums:
+they must agree to TOLERANCE (relative). A global batch assembled from other examples, a loss
+scaled by the process count or a schedule of another length misses by far more."""
+
+from __future__ import annotations
+
+import json
+import socket
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+from conftest import ROOT, TINY, run_cli
+
+GLOBAL_BATCH = 16
+TOLERANCE = 1e-3
+NO_DROPOUT = ["--set", "model.hidden_dropout_prob=0", "--set", "model.attention_probs_dropout_prob=0"]
+
+
+def losses(run_dir: Path) -> list[float]:
+    history = json.loads((run_dir / "trainer_state.json").read_text())["log_history"]
+    return [entry["loss"] for entry in history if "loss" in entry]
+
+
+def assert_same_curve(one: Path, two: Path) -> None:
+    a, b = losses(one), losses(two)
+    assert len(a) == len(b) >= 3
+    assert b == pytest.approx(a, rel=TOLERANCE)
+    steps = [json.loads((d / "trainer_state.json").read_text())["global_step"] for d in (one, two)]
+    assert steps[0] == steps[1]
+
+
+def assert_single_run_dir(parent: Path, run_dir: Path) -> None:
+    """Only the main process wrote: one run folder, one set of logs, one model."""
+    assert [p.name for p in parent.iterdir()] == [run_dir.name]
+    events = list((run_dir / "runs").rglob("events.out.tfevents.*"))  # events.out.tfevents.TIME.HOST.PID.N
+    assert events and len({p.name.split(".")[-2] for p in events}) == 1, events
+    assert (run_dir / "model.safetensors").is_file() and (run_dir / "metrics.json").is_file()
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@pytest.fixture(scope="module")
+def pretrain_args(pretrained) -> list[str]:
+    return ["pretrain", "-r", "pretrain/tiny-debug", "-q", "--set", f"training.global_batch_size={GLOBAL_BATCH}",
+            "--set", f"tokenizer.name_or_path={pretrained}", *NO_DROPOUT]
+
+
+@pytest.fixture(scope="module")
+def pretrain_one(tmp_path_factory, pretrain_args) -> Path:
+    run_dir = tmp_path_factory.mktemp("one") / "run"
+    result = run_cli(*pretrain_args, "-o", run_dir)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return run_dir
+
+
+@pytest.mark.smoke
+def test_two_processes_pretrain_like_one_with_the_same_global_batch(tmp_path, pretrain_args, pretrain_one):
+    out = tmp_path / "out"
+    out.mkdir()
+    result = run_cli("launch", "--num-processes", "2", *[a for a in pretrain_args if a != "-q"], "-o", out / "run")
+    assert result.returncode == 0, result.stderr[-3000:]
+    # The per-device batch and accumulation are derived from the global batch, and said.
+    assert f"effective batch {GLOBAL_BATCH} (8 x 1 accumulation x 2 processes)" in result.stderr
+    assert result.stderr.count("bigmodel pretrain:") == 1  # the header comes from the main process only
+    assert_single_run_dir(out, out / "run")
+    assert_same_curve(pretrain_one, out / "run")
+    one, two = (json.loads((d / "metrics.json").read_text()) for d in (pretrain_one, out / "run"))
+    assert two["train_samples"] == one["train_samples"] and two["eval_samples"] == one["eval_samples"]
+    # Every eval row counted once: a duplicated or lost batch would move the loss by far more.
+    assert two["eval_loss"] == pytest.approx(one["eval_loss"], rel=TOLERANCE)
+
+
+@pytest.mark.smoke
+def test_two_processes_finetune_score_every_dev_example_exactly_once(tmp_path, pretrain_one):
+    # pretrain_one was trained without dropout, and its config carries that into the classifier.
+    args = ["finetune", "-r", "finetune/mrpc-tiny-debug", "--model", pretrain_one, "-q",
+            "--set", f"training.global_batch_size={GLOBAL_BATCH}", "--set", "training.num_train_epochs=3"]
+    one = tmp_path / "one"
+    assert run_cli(*args, "-o", one).returncode == 0
+    out = tmp_path / "out"
+    out.mkdir()
+    result = run_cli("launch", "-n", "2", *args, "-o", out / "run")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert_single_run_dir(out, out / "run")
+    assert_same_curve(one, out / "run")
+    dev_examples = sum(1 for _ in (TINY / "mrpc-tiny" / "dev.tsv").open(encoding="utf-8-sig")) - 1
+    for run_dir in (one, out / "run"):
+        history = json.loads((run_dir / "trainer_state.json").read_text())["log_history"]
+        counts = [entry["eval_examples"] for entry in history if "eval_examples" in entry]
+        assert counts == [dev_examples] * 3, counts  # each epoch's evaluation, gathered from both processes
+        assert json.loads((run_dir / "metrics.json").read_text())["eval_samples"] == dev_examples
+
+
+@pytest.mark.smoke
+def test_two_machines_on_one_host(tmp_path, pretrain_args, pretrain_one):
+    """Two launches, machine ranks 0 and 1, one process each, meeting on 127.0.0.1."""
+    out, port = tmp_path / "out", free_port()
+    out.mkdir()
+    launches = [
+        subprocess.Popen([sys.executable, "-m", "bigmodel_cli", "launch", "--num-processes", "2", "--num-machines", "2",
+                          "--machine-rank", str(rank), "--main-process-ip", "127.0.0.1", "--main-process-port", str(port),
+                          *pretrain_args, "-o", str(out / "run")],
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+        for rank in (0, 1)
+    ]
+    for proc in launches:
+        _, err = proc.communicate(timeout=600)
+        assert proc.returncode == 0, err[-3000:]
+    assert_single_run_dir(out, out / "run")
+    assert_same_curve(pretrain_one, out / "run")
+    one, two = (json.loads((d / "metrics.json").read_text()) for d in (pretrain_one, out / "run"))
+    assert two["eval_loss"] == pytest.approx(one["eval_loss"], rel=TOLERANCE)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("path", sorted((ROOT / "recipes" / "accelerate").glob("*.yaml")), ids=lambda p: p.stem)
+def test_shipped_accelerate_configs_parse_with_accelerates_own_parser(path):
+    from accelerate.commands.config.config_args import ClusterConfig, load_config_from_file
+
+    config = load_config_from_file(str(path))
+    assert isinstance(config, ClusterConfig)
+    assert config.mixed_precision == "bf16"
+    first = path.read_text(encoding="utf-8").splitlines()[0]
+    assert first.startswith("# bigmodel launch --config recipes/accelerate/") or first.startswith("# On machine 0:")
+    expected = {"single-gpu-bf16": "NO", "multi-gpu-ddp": "MULTI_GPU", "fsdp": "FSDP",
+                "deepspeed-zero2": "DEEPSPEED", "two-machines": "MULTI_GPU"}[path.stem]
+    assert str(config.distributed_type).split(".")[-1] == expected
+    if path.stem == "two-machines":
+        assert config.num_machines == 2 and config.num_processes == 16
+
+
+@pytest.mark.unit
+def test_launch_builds_accelerates_own_command():
+    from bigmodel_cli.cli import launch_arguments
+
+    argv = launch_arguments(["pretrain", "-r", "x"], 2, None, None, None, None, None)
+    assert argv[:1] == ["--multi_gpu"] and argv[-5:] == ["-m", "bigmodel_cli", "pretrain", "-r", "x"]
+    assert argv[argv.index("--num_processes") + 1] == "2"
+    argv = launch_arguments(["finetune"], None, "accelerate/fsdp", None, None, None, None)
+    assert argv[0] == "--config_file" and argv[1].endswith("accelerate/fsdp.yaml")
+    two = launch_arguments(["pretrain"], 2, None, 2, 1, "127.0.0.1", 29555)
+    assert two[two.index("--machine_rank") + 1] == "1" and two[two.index("--main_process_ip") + 1] == "127.0.0.1"
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("global_batch, processes, most, expected", [
+    (16, 1, 32, (16, 1)), (16, 2, 32, (8, 1)), (64, 2, 16, (16, 2)), (48, 4, 5, (4, 3)), (7, 1, 2, (1, 7)),
+])
+def test_global_batch_is_split_into_per_device_batch_and_accumulation(global_batch, processes, most, expected):
+    from bigmodel_cli.recipe import split_global_batch
+
+    per_device, accumulation = split_global_batch(global_batch, processes, most)
+    assert (per_device, accumulation) == expected
+    assert per_device * accumulation * processes == global_batch
+
+
+@pytest.mark.unit
+def test_global_batch_that_processes_do_not_divide_is_an_error():
+    from bigmodel_cli.errors import BigmodelError
+    from bigmodel_cli.recipe import split_global_batch
+
+    with pytest.raises(BigmodelError, match="global_batch_size 15 is not divisible by the 2 processes"):
+        split_global_batch(15, 2, 8)
+
+
+@pytest.mark.smoke
+def test_launch_without_a_command_says_what_to_do():
+    result = run_cli("launch", "-n", "2")
+    assert result.returncode == 2 and "name the command to launch" in result.stderr
