@@ -26,7 +26,7 @@ demo: install  ## pretrain BERT-tiny on WikiText-2 (90 s), fine-tune it on MRPC,
 		--set data.train_files=[$(DATA)/wikitext-2/wiki.valid.tokens] --set training.time_budget=90
 	$(BIN)/bigmodel finetune --task mrpc --data-dir $(DATA)/glue/mrpc --model runs/demo-pretrain \
 		--output-dir runs/demo-mrpc --overwrite --set training.learning_rate=1e-4 \
-		--set training.num_train_epochs=2 --set training.per_device_train_batch_size=32
+		--set training.num_train_epochs=2 --set training.global_batch_size=32 --set training.per_device_train_batch_size=32
 	$(BIN)/bigmodel eval --model runs/demo-mrpc --data-dir $(DATA)/glue/mrpc
 	$(BIN)/bigmodel eval --model runs/demo-pretrain --task mlm --data-file $(DATA)/wikitext-2/wiki.valid.tokens
 

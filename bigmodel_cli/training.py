@@ -67,6 +67,7 @@ class CountingTrainer(Trainer):
         self.real_tokens = 0
         self.examples_seen = 0
         self.loss_sum = 0.0  # over every step of the run, a resumed one included (saved in checkpoints)
+        self.aside_seconds = 0.0  # spent evaluating and checkpointing inside train(): not training speed
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         ids = inputs["input_ids"]
@@ -99,7 +100,21 @@ class CountingTrainer(Trainer):
         global_batch = self.args.train_batch_size * self.args.gradient_accumulation_steps * max(world_size(), 1)
         return SeededLengthGroupedSampler(global_batch, lengths=list(lengths), seed=self.args.seed)
 
+    def evaluate(self, *args, **kwargs):
+        start = time.perf_counter()
+        try:
+            return super().evaluate(*args, **kwargs)
+        finally:
+            self.aside_seconds += time.perf_counter() - start
+
     def _save_checkpoint(self, model, trial):
+        start = time.perf_counter()
+        try:
+            self._save_checkpoint_atomically(model, trial)
+        finally:
+            self.aside_seconds += time.perf_counter() - start
+
+    def _save_checkpoint_atomically(self, model, trial):
         """Trainer's checkpoint (model, optimizer, scheduler, RNG states, trainer state), written to
         `tmp-checkpoint-N` and renamed to `checkpoint-N` only when every file is on disk. The stock
         save writes in place: a kill during it left a checkpoint that auto-resume took and crashed on.
@@ -183,10 +198,13 @@ class CountingTrainer(Trainer):
             torch.distributed.all_reduce(counts)
         tokens, examples = counts.tolist()
         runtime = max(runtime, 1e-9)
+        training = max(runtime - self.aside_seconds, 1e-9)  # evaluation and checkpoints set aside
         return {
             "train_real_tokens": int(tokens),
             "train_tokens_per_second": round(tokens / runtime, 3),
             "train_examples_per_second": round(examples / runtime, 3),
+            "train_step_seconds": round(training, 3),
+            "train_step_examples_per_second": round(examples / training, 3),
         }
 
 
