@@ -20,6 +20,7 @@ from transformers.trainer_pt_utils import LengthGroupedSampler
 
 from bigmodel_cli.errors import BigmodelError, write_failure
 from bigmodel_cli.recipe import TrainingSection, split_global_batch
+from bigmodel_cli.rundir import checkpoints
 
 
 def world_size() -> int:
@@ -80,7 +81,7 @@ class CountingTrainer(Trainer):
         self.loss_sum += float(loss)
         if not torch.isfinite(loss).all():
             step = self.state.global_step + 1
-            kept = sorted(Path(self.args.output_dir).glob("checkpoint-*"))
+            kept = checkpoints(Path(self.args.output_dir))
             where = f"; the last good checkpoint is {kept[-1]}" if kept else ""
             raise BigmodelError(
                 f"the training loss became {loss.item()} at step {step}: training diverged; lower "
@@ -144,10 +145,10 @@ class CountingTrainer(Trainer):
             if reason is None:  # not the disk's fault: a bug, shown as such
                 raise
             shutil.rmtree(staging, ignore_errors=True)
-            kept = [p.name for p in sorted(run_dir.glob(f"{PREFIX_CHECKPOINT_DIR}-*")) if p != final]
+            kept = checkpoints(run_dir)
             raise BigmodelError(
                 f"cannot write {name} in {run_dir}: {reason}; free space or fix permissions, then run the same "
-                "command again to resume" + (f" from {kept[-1]}" if kept else ""),
+                "command again to resume" + (f" from {kept[-1].name}" if kept else ""),
             ) from None
         self.accelerator.wait_for_everyone()
 
