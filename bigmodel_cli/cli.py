@@ -217,13 +217,15 @@ def launch_arguments(command: list[str], num_processes: int | None, config: str 
     """`accelerate launch` arguments for a bigmodel command."""
     argv: list[str] = []
     if config:
-        from bigmodel_cli.recipe import recipes_dir
+        from bigmodel_cli.recipe import find_recipe, recipes_dir
 
-        shipped = recipes_dir() / f"{config.removesuffix('.yaml')}.yaml"
-        path = Path(config) if Path(config).is_file() else shipped
-        if not path.is_file():
+        try:  # a file, or a name shipped under recipes/ (accelerate/NAME), found as recipes are
+            path = find_recipe(config)
+        except BigmodelError:
             names = sorted(p.stem for p in (recipes_dir() / "accelerate").glob("*.yaml"))
-            raise BigmodelError(f"--config {config}: no such file, and no shipped Accelerate config accelerate/{{{','.join(names)}}}")
+            raise BigmodelError(
+                f"--config {config}: no such file, and no shipped Accelerate config accelerate/{{{','.join(names)}}}"
+            ) from None
         argv += ["--config_file", str(path)]
     elif (num_processes or 1) > 1 or (num_machines or 1) > 1:
         # No config: torchrun-style processes; on a machine without GPUs they train on the CPU (gloo).

@@ -94,12 +94,11 @@ class CountingTrainer(Trainer):
         """Length-grouped batches formed over the global batch (Trainer groups per process), so the
         examples of each optimizer step are the same whatever the number of processes."""
         dataset = train_dataset if train_dataset is not None else self.train_dataset
-        columns = getattr(dataset, "column_names", None) or []
-        if self.args.train_sampling_strategy != "group_by_length" or "input_ids" not in columns:
+        if self.args.train_sampling_strategy != "group_by_length" or "input_ids" not in (getattr(dataset, "column_names", None) or []):
             return super()._get_train_sampler(train_dataset)
-        lengths = dataset["length"] if "length" in columns else [len(ids) for ids in dataset["input_ids"]]
+        lengths = [len(ids) for ids in dataset["input_ids"]]  # Trainer has dropped the `length` column by now
         global_batch = self.args.train_batch_size * self.args.gradient_accumulation_steps * max(world_size(), 1)
-        return SeededLengthGroupedSampler(global_batch, lengths=list(lengths), seed=self.args.seed)
+        return SeededLengthGroupedSampler(global_batch, lengths=lengths, seed=self.args.seed)
 
     def evaluate(self, *args, **kwargs):
         start = time.perf_counter()
@@ -187,17 +186,12 @@ class CountingTrainer(Trainer):
     def train_loss(self) -> float:
         """The mean training loss over all steps of the run. Trainer's own `train_loss` averages only
         the steps since the last resume, so a resumed run would report another figure."""
-        total = torch.tensor([self.loss_sum], dtype=torch.float64)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(total)
-        return float(total) / max(world_size(), 1) / max(self.state.global_step, 1)
+        (total,) = summed_over_processes(self.loss_sum)
+        return total / max(world_size(), 1) / max(self.state.global_step, 1)
 
     def throughput(self, runtime: float) -> dict[str, float]:
         """Real tokens and examples per second over the training run, summed over processes."""
-        counts = torch.tensor([self.real_tokens, self.examples_seen], dtype=torch.float64)
-        if torch.distributed.is_available() and torch.distributed.is_initialized():
-            torch.distributed.all_reduce(counts)
-        tokens, examples = counts.tolist()
+        tokens, examples = summed_over_processes(self.real_tokens, self.examples_seen)
         runtime = max(runtime, 1e-9)
         training = max(runtime - self.aside_seconds, 1e-9)  # evaluation and checkpoints set aside
         return {
@@ -207,6 +201,14 @@ class CountingTrainer(Trainer):
             "train_step_seconds": round(training, 3),
             "train_step_examples_per_second": round(examples / training, 3),
         }
+
+
+def summed_over_processes(*values: float) -> list[float]:
+    """Each value summed over all processes (as is, in a single process)."""
+    totals = torch.tensor(values, dtype=torch.float64)
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.all_reduce(totals)
+    return totals.tolist()
 
 
 class SeededLengthGroupedSampler(LengthGroupedSampler):
@@ -227,13 +229,12 @@ class SeededLengthGroupedSampler(LengthGroupedSampler):
 
 def sync_folder(folder: Path) -> None:
     """fsync a folder's files and the folder itself, so a rename that follows is durable."""
-    for path in [*folder.iterdir(), folder] if folder.is_dir() else []:
-        if path.is_file() or path == folder:
-            fd = os.open(path, os.O_RDONLY)
-            try:
-                os.fsync(fd)
-            finally:
-                os.close(fd)
+    for path in [*(p for p in folder.iterdir() if p.is_file()), folder]:
+        fd = os.open(path, os.O_RDONLY)
+        try:
+            os.fsync(fd)
+        finally:
+            os.close(fd)
 
 
 class TimeBudget(TrainerCallback):
