@@ -22,6 +22,7 @@ def run(recipe: PretrainRecipe, run_dir: Path, resume_from: Path | None = None, 
     """Tokenizer, data, model, train, evaluate, save; returns the metrics written to metrics.json."""
     from transformers import set_seed
 
+    from bigmodel_cli.kernels import use_fast_dropout
     from bigmodel_cli.mlm import MLMCollator, SparseHeadBertForMaskedLM
 
     args = training_arguments(recipe.training, run_dir, quiet, prediction_loss_only=True,
@@ -34,6 +35,7 @@ def run(recipe: PretrainRecipe, run_dir: Path, resume_from: Path | None = None, 
         tokenizer = get_tokenizer(recipe, raw["train"], run_dir)
         train_rows, eval_rows = tokenize_corpus(recipe, tokenizer, raw)
     model = SparseHeadBertForMaskedLM(bert_config(recipe, tokenizer))
+    use_fast_dropout(model)
     stop = GracefulStop()
     budget = TimeBudget(recipe.training.time_budget) if recipe.training.time_budget else None
     header = RunHeader("pretrain", f"train {len(raw['train'])} lines in {len(train_rows)} sequences, "

@@ -61,6 +61,9 @@ def predict_logits(model, tokenizer, features, batch_size: int = 256, progress: 
     import torch
     from tqdm.auto import tqdm
 
+    from bigmodel_cli.kernels import classify_from_first_token
+
+    classify_from_first_token(model)  # a BERT classifier's last layer for [CLS] only: the same logits
     model.eval()
     order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]), reverse=True)
     keys = [k for k in ("input_ids", "token_type_ids", "attention_mask") if k in features[0]]

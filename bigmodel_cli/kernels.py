@@ -1,0 +1,151 @@
+"""Exact shortcuts for BERT's training and inference: the same results, less work.
+
+Dropout on CPUs: the same layer, cheaper random numbers. PyTorch's CPU dropout draws one random
+number per element (`bernoulli_`, about 50 M elements/s here): fine-tuning MiniLM on MRPC spent
+15 % of every step in it. Here each 64-bit draw gives four elements 15 random bits each, and an
+element is dropped when its bits fall below `round(p * 2**15)`: the drop probability is that over
+2**15 (within 2e-5 of p) and kept elements are scaled by its exact inverse, so the expectation is
+unchanged. Masks still come from torch's seeded generator: seeds, resume and Trainer's saved RNG
+states work as before. BERT's attention dropout happens inside `scaled_dot_product_attention`, out
+of reach, so models get an attention function ("bigmodel_sdpa") that is SDPA whenever dropout is
+off (evaluation, inference) and, in training, the textbook attention with this dropout. On a GPU
+none of this applies: SDPA fuses its dropout into the kernel there.
+
+The last layer of a classifier, for the first token only: `BertForSequenceClassification` reads
+only the first token's final hidden state (the pooler takes `[CLS]`), so in the last encoder layer
+the other tokens need only their keys and values: their queries, attention output, output
+projection and feed-forward block were computed and thrown away (with a 6-layer model, 14 % of the
+model's multiply-adds, in training and inference alike).
+"""
+
+from __future__ import annotations
+
+from functools import cache
+
+import torch
+from torch import nn
+
+ATTENTION = "bigmodel_sdpa"
+_BITS = 15
+
+
+def drop_threshold(p: float) -> int:
+    """Elements whose 15 random bits are below this are dropped."""
+    return round(p * (1 << _BITS))
+
+
+class _Dropout(torch.autograd.Function):
+    @staticmethod
+    def forward(ctx, x: torch.Tensor, p: float) -> torch.Tensor:
+        threshold = drop_threshold(p)
+        n = x.numel()
+        words = torch.empty((n + 3) // 4, dtype=torch.int64, device=x.device).random_()  # 63 random bits each
+        bits = words.view(torch.int16)[:n].view(x.shape) & ((1 << _BITS) - 1)  # 4 x 15 bits per word
+        keep = bits >= threshold
+        scale = (1 << _BITS) / ((1 << _BITS) - threshold)
+        ctx.save_for_backward(keep)
+        ctx.scale = scale
+        return torch.where(keep, x, 0.0).mul_(scale)  # x * keep * scale: 6x slower (bool to float)
+
+    @staticmethod
+    def backward(ctx, grad: torch.Tensor):
+        (keep,) = ctx.saved_tensors
+        return torch.where(keep, grad, 0.0).mul_(ctx.scale), None
+
+
+def fast_dropout(x: torch.Tensor, p: float, training: bool = True) -> torch.Tensor:
+    if not training or p == 0.0:
+        return x
+    if p >= 1.0:
+        return torch.zeros_like(x)
+    return _Dropout.apply(x, p)
+
+
+class FastDropout(nn.Dropout):
+    """`nn.Dropout` with `fast_dropout` inside; same `p`, same state dict (none)."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return fast_dropout(x, self.p, self.training)
+
+
+def attention(module, query, key, value, attention_mask, scaling=None, dropout: float = 0.0, **kwargs):
+    """SDPA when no dropout applies; in training, softmax(QK^T * scale + mask) with fast dropout, @ V.
+    The mask is SDPA's: boolean (True = attend) or additive."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if dropout == 0.0 or not module.training:
+        return sdpa_attention_forward(module, query, key, value, attention_mask, scaling=scaling, dropout=0.0, **kwargs)
+    scaling = query.size(-1) ** -0.5 if scaling is None else scaling
+    scores = torch.matmul(query, key.transpose(2, 3)) * scaling
+    if attention_mask is not None:
+        if attention_mask.dtype == torch.bool:
+            scores = scores.masked_fill(~attention_mask, torch.finfo(scores.dtype).min)
+        else:
+            scores = scores + attention_mask
+    weights = fast_dropout(torch.softmax(scores, dim=-1), dropout)
+    return torch.matmul(weights, value).transpose(1, 2).contiguous(), None
+
+
+def register() -> None:
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(ATTENTION, attention)
+    AttentionMaskInterface.register(ATTENTION, sdpa_mask)  # the masks SDPA takes, built as for "sdpa"
+
+
+def use_fast_dropout(model) -> bool:
+    """On CPU, give `model` the fast dropout layers and attention (a no-op on GPU, or for a model that
+    does not use SDPA). The saved config still names plain "sdpa": the run directory loads anywhere."""
+    if torch.cuda.is_available() or getattr(model.config, "_attn_implementation", None) != "sdpa":
+        return False
+    register()
+    for module in model.modules():
+        if type(module) is nn.Dropout:
+            module.__class__ = FastDropout
+    model.set_attn_implementation(ATTENTION)
+    return True
+
+
+@cache  # one class, built on first use: importing this module stays free of transformers
+def _first_token_layer():
+    from transformers.modeling_utils import ALL_ATTENTION_FUNCTIONS
+    from transformers.models.bert.modeling_bert import BertLayer, eager_attention_forward
+
+    class FirstTokenBertLayer(BertLayer):
+        """`BertLayer` whose output is the first token's row only: every token's keys and values,
+        one query. Same parameters and submodules as the `BertLayer` it replaces."""
+
+        def forward(self, hidden_states, attention_mask=None, *args, **kwargs):
+            kwargs.pop("encoder_attention_mask", None)
+            kwargs.pop("past_key_values", None)
+            own = self.attention.self
+            batch, first = hidden_states.shape[0], hidden_states[:, :1]
+            heads = (batch, -1, own.num_attention_heads, own.attention_head_size)
+            query = own.query(first).view(heads).transpose(1, 2)
+            key = own.key(hidden_states).view(heads).transpose(1, 2)
+            value = own.value(hidden_states).view(heads).transpose(1, 2)
+            if attention_mask is not None and attention_mask.dim() == 4:  # (batch, 1, query, key)
+                attention_mask = attention_mask[:, :, :1]
+            interface = ALL_ATTENTION_FUNCTIONS.get_interface(own.config._attn_implementation, eager_attention_forward)
+            attended, _ = interface(own, query, key, value, attention_mask, scaling=own.scaling,
+                                    dropout=own.dropout.p if own.training else 0.0, **kwargs)
+            attended = self.attention.output(attended.reshape(batch, 1, -1).contiguous(), first)
+            return self.feed_forward_chunk(attended)
+
+    return FirstTokenBertLayer
+
+
+def classify_from_first_token(model) -> bool:
+    """Make a plain `BertForSequenceClassification` compute its last layer for `[CLS]` only (in
+    place; idempotent). Its logits, loss and gradients are those of the stock model; only its
+    `last_hidden_state` is cut to the first token. Other models are left as they are."""
+    from transformers import BertForSequenceClassification
+    from transformers.models.bert.modeling_bert import BertLayer
+
+    if type(model) is not BertForSequenceClassification or model.config.is_decoder:
+        return False
+    last = model.bert.encoder.layer[-1]
+    if type(last) is BertLayer:
+        last.__class__ = _first_token_layer()
+    return True

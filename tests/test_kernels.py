@@ -1,0 +1,163 @@
+"""The fast CPU dropout and the attention that carries it: same statistics, same maths as stock."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+import torch
+from transformers import AutoModelForSequenceClassification, BertConfig, BertForSequenceClassification
+
+from bigmodel_cli.kernels import (
+    ATTENTION,
+    FastDropout,
+    attention,
+    classify_from_first_token,
+    drop_threshold,
+    fast_dropout,
+    use_fast_dropout,
+)
+
+NO_DROP = 1e-6  # rounds to a threshold of 0: the training branch runs, nothing is dropped
+
+
+def test_fast_dropout_drops_p_and_keeps_the_expectation():
+    torch.manual_seed(0)
+    x = torch.ones(1_000_000)
+    y = fast_dropout(x, 0.1)
+    dropped = (y == 0).float().mean().item()
+    assert abs(dropped - 0.1) < 0.002
+    kept = y[y != 0]
+    assert torch.all(kept == kept[0])  # every kept element scaled alike
+    assert kept[0].item() == pytest.approx(32768 / (32768 - drop_threshold(0.1)))
+    assert y.mean().item() == pytest.approx(1.0, abs=0.005)
+
+
+def test_fast_dropout_masks_are_uniform_over_positions():
+    """Four elements share each 64-bit draw: none of the four slots may be biased."""
+    torch.manual_seed(1)
+    y = fast_dropout(torch.ones(400_000, 4), 0.3)
+    for slot in range(4):
+        assert abs((y[:, slot] == 0).float().mean().item() - 0.3) < 0.006
+
+
+def test_fast_dropout_gradient_is_the_mask_times_the_scale():
+    torch.manual_seed(2)
+    x = torch.randn(64, 33, requires_grad=True)
+    y = fast_dropout(x, 0.25)
+    y.backward(torch.full_like(y, 2.0))
+    scale = 32768 / (32768 - drop_threshold(0.25))
+    assert torch.equal(x.grad, (y != 0).float() * 2.0 * scale)
+
+
+def test_fast_dropout_follows_the_seed_and_is_off_in_evaluation():
+    x = torch.randn(1000)
+    torch.manual_seed(3)
+    a = fast_dropout(x, 0.1)
+    torch.manual_seed(3)
+    assert torch.equal(a, fast_dropout(x, 0.1))
+    assert not torch.equal(a, fast_dropout(x, 0.1))
+    assert fast_dropout(x, 0.1, training=False) is x
+    assert fast_dropout(x, 0.0) is x
+    assert torch.count_nonzero(fast_dropout(x, 1.0)) == 0
+
+
+def tiny_classifier(dropout: float) -> BertForSequenceClassification:
+    config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, hidden_dropout_prob=dropout, attention_probs_dropout_prob=dropout)
+    return BertForSequenceClassification(config)
+
+
+def pair(dropout: float):
+    torch.manual_seed(0)
+    stock = tiny_classifier(dropout)
+    fast = tiny_classifier(dropout)
+    fast.load_state_dict(stock.state_dict())
+    assert use_fast_dropout(fast)
+    return stock, fast
+
+
+def test_model_with_fast_dropout_computes_what_the_stock_one_does():
+    stock, fast = pair(NO_DROP)
+    assert fast.config._attn_implementation == ATTENTION
+    assert sum(isinstance(m, FastDropout) for m in fast.modules()) == sum(
+        type(m) is torch.nn.Dropout for m in stock.modules()) > 0
+    ids = torch.randint(5, 100, (3, 7))
+    mask = torch.ones(3, 7, dtype=torch.long)
+    mask[0, 4:] = 0
+    mask[1, 6:] = 0
+    stock.train()
+    fast.train()
+    padded = fast(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(padded, stock(input_ids=ids, attention_mask=mask).logits, rtol=0, atol=1e-6)
+    # the padding mask reaches the training branch: a padded row scores as the same row unpadded
+    torch.testing.assert_close(padded[:1], fast(input_ids=ids[:1, :4]).logits, rtol=0, atol=1e-6)
+
+
+def test_model_with_fast_dropout_drops_in_training_only():
+    stock, fast = pair(0.1)
+    ids = torch.randint(5, 100, (4, 9))
+    fast.train()
+    torch.manual_seed(5)
+    first = fast(input_ids=ids).logits
+    assert not torch.allclose(first, fast(input_ids=ids).logits)
+    torch.manual_seed(5)
+    torch.testing.assert_close(first, fast(input_ids=ids).logits, rtol=0, atol=0)  # seeded
+    stock.eval()
+    fast.eval()
+    torch.testing.assert_close(fast(input_ids=ids).logits, stock(input_ids=ids).logits, rtol=0, atol=1e-6)
+
+
+def test_boolean_block_mask_as_packing_builds_it():
+    """Packed pretraining hands a (batch, 1, query, key) boolean mask: the training branch must
+    apply it as SDPA does."""
+    torch.manual_seed(6)
+    q, k, v = (torch.randn(2, 4, 6, 8) for _ in range(3))
+    segment = torch.tensor([[1, 1, 1, 2, 2, 0], [1, 1, 2, 2, 2, 2]])
+    mask = ((segment[:, :, None] == segment[:, None, :]) & (segment[:, None, :] > 0)) | torch.eye(6, dtype=torch.bool)
+    mask = mask[:, None]
+    module = torch.nn.Module()
+    module.train()
+    module.is_causal = False
+    ours, _ = attention(module, q, k, v, mask, dropout=NO_DROP)
+    expected = torch.nn.functional.scaled_dot_product_attention(q, k, v, attn_mask=mask).transpose(1, 2)
+    torch.testing.assert_close(ours, expected, rtol=0, atol=1e-5)
+
+
+def test_saved_model_loads_with_plain_sdpa(tmp_path):
+    _, fast = pair(0.1)
+    fast.save_pretrained(tmp_path)
+    assert ATTENTION not in (tmp_path / "config.json").read_text()
+    assert "_attn_implementation" not in json.loads((tmp_path / "config.json").read_text())
+    loaded = AutoModelForSequenceClassification.from_pretrained(tmp_path)
+    assert loaded.config._attn_implementation == "sdpa"
+    assert not any(isinstance(m, FastDropout) for m in loaded.modules())
+
+
+def test_classifier_computing_its_last_layer_for_the_first_token_only_is_exact():
+    stock, fast = pair(NO_DROP)
+    assert classify_from_first_token(fast) and classify_from_first_token(fast)  # idempotent
+    assert type(fast.bert.encoder.layer[-1]).__name__ == "FirstTokenBertLayer"
+    assert type(fast.bert.encoder.layer[0]) is type(stock.bert.encoder.layer[0])
+    ids = torch.randint(5, 100, (3, 7))
+    mask = torch.ones(3, 7, dtype=torch.long)
+    mask[0, 4:] = 0
+    labels = torch.tensor([0, 1, 1])
+    for model in (stock, fast):
+        model.train()
+        model(input_ids=ids, attention_mask=mask, labels=labels).loss.backward()
+    for (name, a), b in zip(stock.named_parameters(), fast.parameters()):
+        torch.testing.assert_close(b.grad, a.grad, rtol=0, atol=1e-6, msg=name)
+    stock.eval()
+    fast.eval()
+    torch.testing.assert_close(fast(input_ids=ids, attention_mask=mask).logits,
+                               stock(input_ids=ids, attention_mask=mask).logits, rtol=0, atol=1e-6)
+    assert fast.state_dict().keys() == stock.state_dict().keys()
+
+
+def test_first_token_shortcut_leaves_other_models_alone():
+    from transformers import BertForMaskedLM
+
+    model = BertForMaskedLM(tiny_classifier(0.0).config)
+    assert not classify_from_first_token(model)
+    assert all(type(layer).__name__ == "BertLayer" for layer in model.bert.encoder.layer)
