@@ -61,6 +61,8 @@ def predict_logits(model, tokenizer, features, batch_size: int = 32, progress: b
     without waiting for the others, and the small operations between them overlap too. Results are
     the same either way (`BIGMODEL_EVAL_THREADS=1` turns it off).
     """
+    from concurrent.futures import ThreadPoolExecutor
+
     import torch
     from tqdm.auto import tqdm
 
@@ -81,23 +83,19 @@ def predict_logits(model, tokenizer, features, batch_size: int = 32, progress: b
 
     out = np.empty((len(order), model.config.num_labels), dtype=np.float32)
     threads = eval_threads(device, len(starts))
+    intra = torch.get_num_threads()
+    # Each worker thread sets its own OpenMP count; MKL's is global, so it is restored after.
+    pool = ThreadPoolExecutor(threads, initializer=torch.set_num_threads,
+                              initargs=(max(intra // threads, 1),)) if threads > 1 else None
     bar = tqdm(total=len(starts), desc="evaluating", disable=not progress, unit="batch")
-    if threads > 1:
-        from concurrent.futures import ThreadPoolExecutor
-
-        intra = torch.get_num_threads()
-        try:  # each worker thread sets its own OpenMP count; MKL's is global, so it is restored after
-            with ThreadPoolExecutor(threads, initializer=torch.set_num_threads, initargs=(max(intra // threads, 1),)) as pool:
-                for start, logits in zip(starts, pool.map(run, starts)):
-                    out[start : start + len(logits)] = logits
-                    bar.update()
-        finally:
-            torch.set_num_threads(intra)
-    else:
-        for start in starts:
-            logits = run(start)
+    try:
+        for start, logits in zip(starts, (pool.map if pool else map)(run, starts)):
             out[start : start + len(logits)] = logits
             bar.update()
+    finally:
+        if pool:
+            pool.shutdown()
+            torch.set_num_threads(intra)
     bar.close()
     result = np.empty_like(out)
     result[order] = out
