@@ -196,8 +196,8 @@ def finetune_flops_per_example(mrpc: Path, run_dir: Path) -> tuple[float, float]
     per_token = layers * (4 * hidden * hidden + 2 * hidden * inner)  # multiply-adds of the encoder's linears
     tokenizer = load_tokenizer(str(run_dir))
     task = get_task("mrpc")
-    mean = [sum(map(len, encode(load_glue(task, split, str(mrpc)), tokenizer)["input_ids"])) /
-            len(load_glue(task, split, str(mrpc))) for split in ("train", "validation")]
+    ids = [encode(load_glue(task, split, str(mrpc)), tokenizer)["input_ids"] for split in ("train", "validation")]
+    mean = [sum(map(len, rows)) / len(rows) for rows in ids]
     return 6 * per_token * mean[0], 2 * per_token * mean[1]
 
 
