@@ -58,11 +58,10 @@ def evaluate_classifier_on(model_dir: str, task_name: str | None, split: str, da
 
 
 def evaluate_mlm_on(model_dir: str, data_file: str, batch_size: int) -> dict:
-    import torch
     from datasets import load_dataset
 
     from bigmodel_cli.files import check_text_file
-    from bigmodel_cli.mlm import MLMCollator, SparseHeadBertForMaskedLM, packed_dataset, tokenize_lines
+    from bigmodel_cli.mlm import MLMCollator, SparseHeadBertForMaskedLM, masked_loss_sums, packed_dataset, tokenize_lines
     from bigmodel_cli.scoring import perplexity
 
     if not data_file:
@@ -82,14 +81,9 @@ def evaluate_mlm_on(model_dir: str, data_file: str, batch_size: int) -> dict:
         raise BigmodelError(f"--data-file {data_file} has no non-blank lines")
     rows = packed_dataset(tokenize_lines(lines, tokenizer, max_len), max_len, packing=True)
     collator = MLMCollator(tokenizer, float(data_section.get("mlm_probability", 0.15)), seed)
-    total, count = 0.0, 0
     model.eval()
-    with torch.inference_mode():
-        for start in range(0, len(rows), batch_size):
-            batch = collator([rows[i] for i in range(start, min(start + batch_size, len(rows)))])
-            targets = int((batch["labels"] != -100).sum())
-            total += float(model(**batch, num_items_in_batch=1).loss)  # summed over masked tokens
-            count += targets
+    total, count = masked_loss_sums(model, collator, rows, range(len(rows)), batch_size).tolist()
+    count = int(count)
     loss = total / max(count, 1)
     return {"eval_loss": loss, "perplexity": perplexity(loss), "eval_samples": len(lines),
             "eval_masked_tokens": count}

@@ -204,3 +204,22 @@ class SparseHeadBertForMaskedLM(BertForMaskedLM):
         else:  # the Trainer's count over all micro-batches (and processes): exact accumulation
             loss = F.cross_entropy(logits, labels[targets], reduction="sum") / num_items_in_batch
         return MaskedLMOutput(loss=loss, logits=None)
+
+
+def masked_loss_sums(model, collator, rows, indices, batch_size: int, prepare=None, on_batch=None) -> torch.Tensor:
+    """[summed loss, masked-token count] (float64) over `rows[i] for i in indices`, in batches.
+
+    The held-out loss is the first over the second: per masked token over the whole set, so it does
+    not move with the batch size or the process count (Trainer's own loop averages per-batch means,
+    weighted by rows). The masks are the collator's, fixed per example."""
+    total = torch.zeros(2, dtype=torch.float64)
+    indices = list(indices)
+    with torch.inference_mode():
+        for start in range(0, len(indices), batch_size):
+            batch = collator([rows[i] for i in indices[start : start + batch_size]])
+            batch = prepare(batch) if prepare else batch
+            loss = model(**batch, num_items_in_batch=1).loss  # summed over the masked tokens
+            total += torch.stack([loss.detach().double().cpu(), (batch["labels"] != -100).sum().double().cpu()])
+            if on_batch:
+                on_batch()
+    return total

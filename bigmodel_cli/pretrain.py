@@ -207,6 +207,36 @@ class MLMTrainer(CountingTrainer):
         finally:
             self.data_collator = train_collator
 
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix="eval"):
+        """The held-out loss per masked token over the whole set, the figure `bigmodel eval` gives.
+        Each process scores every world_size-th sequence (none twice, unlike Accelerate's evenly
+        filled shards) and one all-reduce adds the sums."""
+        from transformers.trainer_utils import EvalLoopOutput
+
+        from bigmodel_cli.mlm import masked_loss_sums
+
+        rows, world = dataloader.dataset, max(self.args.world_size, 1)
+        mine = range(self.args.process_index, len(rows), world)
+        size = self.args.per_device_eval_batch_size
+        self.callback_handler.eval_dataloader = range(0, len(mine), size)  # the progress bar's length
+        model = self.accelerator.unwrap_model(self.model)
+        was_training = model.training
+        model.eval()
+        try:
+            with self.autocast_smart_context_manager():
+                total = masked_loss_sums(
+                    model, self.eval_data_collator, rows, mine, size, prepare=self._prepare_inputs,
+                    on_batch=lambda: setattr(self, "control", self.callback_handler.on_prediction_step(
+                        self.args, self.state, self.control)))
+        finally:
+            model.train(was_training)
+        if world > 1:
+            total = self.accelerator.reduce(total.to(self.args.device), reduction="sum").cpu()
+        loss_sum, count = total.tolist()
+        metrics = {f"{metric_key_prefix}_loss": loss_sum / max(count, 1), f"{metric_key_prefix}_masked_tokens": int(count)}
+        return EvalLoopOutput(predictions=None, label_ids=None, metrics=metrics, num_samples=len(rows))
+
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         if self.budget is None:
             return super().create_scheduler(num_training_steps, optimizer)

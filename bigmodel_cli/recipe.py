@@ -57,6 +57,7 @@ class TrainingSection(Section):
     save_total_limit: int | None = Field(2, ge=1)  # checkpoints kept on disk (the best is never deleted)
     bf16: bool = False  # bfloat16 autocast on an Ampere+ GPU; on a CPU, Trainer's bf16 measured 16x slower here (MiniLM)
     optim: str = "adamw_torch_fused"  # any transformers OptimizerNames; fused (one kernel for all tensors) is Trainer's own default
+    dataloader_drop_last: bool = False  # each epoch in whole global batches: fill the last one (false) or cut it (true)
     dataloader_num_workers: int = Field(0, ge=0)  # background processes that collate batches
     report_to: list[str] = ["tensorboard"]  # experiment loggers: tensorboard, wandb, mlflow, none
     time_budget: float | None = Field(None, gt=0)  # seconds of training; the schedule ends at zero then

@@ -91,14 +91,20 @@ class CountingTrainer(Trainer):
         return loss
 
     def _get_train_sampler(self, train_dataset=None):
-        """Length-grouped batches formed over the global batch (Trainer groups per process), so the
-        examples of each optimizer step are the same whatever the number of processes."""
+        """Each epoch's order drawn from (seed, epoch) over whole global batches, so the examples of
+        every optimizer step are the same whatever the number of processes and accumulation steps:
+        length-grouped for `group_by_length` (Trainer groups per process), shuffled otherwise."""
         dataset = train_dataset if train_dataset is not None else self.train_dataset
-        if self.args.train_sampling_strategy != "group_by_length" or "input_ids" not in (getattr(dataset, "column_names", None) or []):
+        strategy = self.args.train_sampling_strategy
+        if strategy not in ("random", "group_by_length") or dataset is None or not hasattr(dataset, "__len__"):
             return super()._get_train_sampler(train_dataset)
-        lengths = [len(ids) for ids in dataset["input_ids"]]  # Trainer has dropped the `length` column by now
         global_batch = self.args.train_batch_size * self.args.gradient_accumulation_steps * max(world_size(), 1)
-        return SeededLengthGroupedSampler(global_batch, lengths=lengths, seed=self.args.seed)
+        drop_last = self.args.dataloader_drop_last
+        seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
+        if strategy == "group_by_length" and "input_ids" in (getattr(dataset, "column_names", None) or []):
+            lengths = [len(ids) for ids in dataset["input_ids"]]  # Trainer has dropped the `length` column by now
+            return SeededLengthGroupedSampler(global_batch, lengths=lengths, seed=seed, drop_last=drop_last)
+        return SeededRandomSampler(len(dataset), global_batch, seed=seed, drop_last=drop_last)
 
     def evaluate(self, *args, **kwargs):
         start = time.perf_counter()
@@ -211,20 +217,63 @@ def summed_over_processes(*values: float) -> list[float]:
     return totals.tolist()
 
 
-class SeededLengthGroupedSampler(LengthGroupedSampler):
-    """Length-grouped order drawn from (seed, epoch), not from the global RNG: the same in every
-    process, on every process count, and after a resume (Accelerate calls `set_epoch`)."""
+def whole_batches(indices: list[int], batch_size: int, drop_last: bool) -> list[int]:
+    """`indices` cut (drop_last) or filled from their own start to a whole number of batches.
 
-    def __init__(self, batch_size: int, lengths: list[int], seed: int):
-        super().__init__(batch_size, lengths=lengths)
-        self.seed, self.epoch = seed, 0
+    Left partial, the last batch of an epoch is split differently by every process layout: Accelerate
+    fills each process's share up with examples from the epoch's start, one process does not, and the
+    two runs part at the first epoch's end. Filled here, once, every layout trains on the same
+    global batches; at most batch_size - 1 examples per epoch are seen twice, none is skipped."""
+    if drop_last:
+        return indices[: len(indices) - len(indices) % batch_size]
+    missing = -len(indices) % batch_size
+    while missing > 0 and indices:
+        fill = indices[:missing]
+        indices, missing = indices + fill, missing - len(fill)
+    return indices
+
+
+def whole_batches_length(size: int, batch_size: int, drop_last: bool) -> int:
+    """len(whole_batches(range(size), batch_size, drop_last))."""
+    whole = size - size % batch_size
+    return whole if drop_last or size == whole else whole + batch_size
+
+
+class SeededRandomSampler(torch.utils.data.Sampler):
+    """A shuffle drawn from (seed, epoch), not from the global RNG, in whole global batches: the same
+    in every process, on every process count, and after a resume (Accelerate calls `set_epoch`)."""
+
+    def __init__(self, size: int, batch_size: int, seed: int, drop_last: bool = False):
+        self.size, self.batch_size, self.seed, self.drop_last, self.epoch = size, batch_size, seed, drop_last, 0
 
     def set_epoch(self, epoch: int) -> None:
         self.epoch = epoch
 
+    def __len__(self) -> int:
+        return whole_batches_length(self.size, self.batch_size, self.drop_last)
+
+    def __iter__(self):
+        generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
+        return iter(whole_batches(torch.randperm(self.size, generator=generator).tolist(), self.batch_size, self.drop_last))
+
+
+class SeededLengthGroupedSampler(LengthGroupedSampler):
+    """Length-grouped order drawn from (seed, epoch), not from the global RNG, in whole global
+    batches: the same in every process, on every process count, and after a resume."""
+
+    def __init__(self, batch_size: int, lengths: list[int], seed: int, drop_last: bool = False):
+        super().__init__(batch_size, lengths=lengths)
+        self.seed, self.drop_last, self.epoch = seed, drop_last, 0
+
+    def set_epoch(self, epoch: int) -> None:
+        self.epoch = epoch
+
+    def __len__(self) -> int:
+        return whole_batches_length(len(self.lengths), self.batch_size, self.drop_last)
+
     def __iter__(self):
         self.generator = torch.Generator().manual_seed(self.seed * 1_000_003 + self.epoch)
-        return super().__iter__()
+        return iter(whole_batches(list(super().__iter__()), self.batch_size, self.drop_last))
 
 
 def sync_folder(folder: Path) -> None:

@@ -60,6 +60,26 @@ def test_eval_mlm_gives_a_finite_perplexity(pretrained):
     assert 1 < metrics["perplexity"] < 300 and metrics["eval_samples"] == 600
 
 
+def test_pretrain_held_out_loss_is_per_masked_token_whatever_the_batch(tmp_path, pretrained):
+    """The run's eval_loss is the one `bigmodel eval` gives on the same file with other batches: a mean
+    over all masked tokens, not a mean of per-batch means (which moved with the eval batch size)."""
+    lines = (TINY / "tiny-corpus.txt").read_text().splitlines()
+    train, held = tmp_path / "train.txt", tmp_path / "held.txt"
+    train.write_text("\n".join(lines[:500]) + "\n")
+    held.write_text("\n".join(lines[500:]) + "\n")
+    run_dir = tmp_path / "run"
+    result = run_cli("pretrain", "-r", "pretrain/tiny-debug", "-q", "-o", run_dir, "--set", f"tokenizer.name_or_path={pretrained}",
+                     "--set", f"data.train_files=[{train}]", "--set", f"data.eval_files=[{held}]",
+                     "--set", "training.max_steps=5", "--set", "training.per_device_eval_batch_size=3")
+    assert result.returncode == 0, result.stderr[-2000:]
+    trained = json.loads((run_dir / "metrics.json").read_text())
+    result = run_cli("eval", "--model", run_dir, "--task", "mlm", "--data-file", held, "--batch-size", "64", "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    evaluated = json.loads(result.stdout.strip().splitlines()[-1])
+    assert trained["eval_masked_tokens"] == evaluated["eval_masked_tokens"] > 100
+    assert trained["eval_loss"] == pytest.approx(evaluated["eval_loss"], rel=1e-6)
+
+
 def test_bad_recipe_exits_2_with_one_line(tmp_path):
     bad = tmp_path / "bad.yaml"
     bad.write_text("data: {train_files: [x.txt]}\ntraining: {learing_rate: 1}\n")
