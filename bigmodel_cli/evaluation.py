@@ -61,7 +61,7 @@ def evaluate_mlm_on(model_dir: str, data_file: str, batch_size: int) -> dict:
     from datasets import load_dataset
 
     from bigmodel_cli.files import check_text_file
-    from bigmodel_cli.mlm import MLMCollator, SparseHeadBertForMaskedLM, masked_loss_sums, packed_dataset, tokenize_lines
+    from bigmodel_cli.mlm import MLMCollator, SparseHeadBertForMaskedLM, batched, masked_loss_sums, packed_dataset, tokenize_lines
     from bigmodel_cli.scoring import perplexity
 
     if not data_file:
@@ -82,7 +82,7 @@ def evaluate_mlm_on(model_dir: str, data_file: str, batch_size: int) -> dict:
     rows = packed_dataset(tokenize_lines(lines, tokenizer, max_len), max_len, packing=True)
     collator = MLMCollator(tokenizer, float(data_section.get("mlm_probability", 0.15)), seed)
     model.eval()
-    total, count = masked_loss_sums(model, collator, rows, range(len(rows)), batch_size).tolist()
+    total, count = masked_loss_sums(model, collator, rows, batched(range(len(rows)), batch_size)).tolist()
     count = int(count)
     loss = total / max(count, 1)
     return {"eval_loss": loss, "perplexity": perplexity(loss), "eval_samples": len(lines),

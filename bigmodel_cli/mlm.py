@@ -206,20 +206,39 @@ class SparseHeadBertForMaskedLM(BertForMaskedLM):
         return MaskedLMOutput(loss=loss, logits=None)
 
 
-def masked_loss_sums(model, collator, rows, indices, batch_size: int, prepare=None, on_batch=None) -> torch.Tensor:
-    """[summed loss, masked-token count] (float64) over `rows[i] for i in indices`, in batches.
+def masked_loss_sums(model, collator, rows, batches, counted: int | None = None, prepare=None, on_batch=None) -> torch.Tensor:
+    """[summed loss, masked-token count] (float64) over the batches of row indices `batches`, of
+    which only the first `counted` add up (the others are forward passes that a sharded model,
+    FSDP or DeepSpeed ZeRO-3, needs every process to take part in).
 
     The held-out loss is the first over the second: per masked token over the whole set, so it does
     not move with the batch size or the process count (Trainer's own loop averages per-batch means,
     weighted by rows). The masks are the collator's, fixed per example."""
     total = torch.zeros(2, dtype=torch.float64)
-    indices = list(indices)
+    counted = len(batches) if counted is None else counted
     with torch.inference_mode():
-        for start in range(0, len(indices), batch_size):
-            batch = collator([rows[i] for i in indices[start : start + batch_size]])
+        for k, indices in enumerate(batches):
+            batch = collator([rows[i] for i in indices])
             batch = prepare(batch) if prepare else batch
             loss = model(**batch, num_items_in_batch=1).loss  # summed over the masked tokens
-            total += torch.stack([loss.detach().double().cpu(), (batch["labels"] != -100).sum().double().cpu()])
+            if k < counted:
+                total += torch.stack([loss.detach().double().cpu(), (batch["labels"] != -100).sum().double().cpu()])
             if on_batch:
                 on_batch()
     return total
+
+
+def batched(indices, size: int) -> list[list[int]]:
+    indices = list(indices)
+    return [indices[i : i + size] for i in range(0, len(indices), size)]
+
+
+def process_share(rows: int, rank: int, world: int, size: int) -> tuple[list[list[int]], int]:
+    """Process `rank`'s batches of an evaluation over `rows` rows, and how many of them count.
+
+    Every world-th row from `rank` on, so each row is scored once over all processes; then repeats
+    of row 0 that count nothing, so that every process runs as many forward passes as process 0."""
+    batches = batched(range(rank, rows, world), size)
+    counted = len(batches)
+    busiest = -(-rows // world)  # process 0's rows: the most
+    return batches + [[0]] * (-(-busiest // size) - counted), counted

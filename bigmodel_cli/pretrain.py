@@ -211,22 +211,23 @@ class MLMTrainer(CountingTrainer):
                         metric_key_prefix="eval"):
         """The held-out loss per masked token over the whole set, the figure `bigmodel eval` gives.
         Each process scores every world_size-th sequence (none twice, unlike Accelerate's evenly
-        filled shards) and one all-reduce adds the sums."""
+        filled shards) and one all-reduce adds the sums. Every process runs as many batches as the
+        busiest one (the extra ones count nothing), as a sharded model's forward needs them all."""
         from transformers.trainer_utils import EvalLoopOutput
 
-        from bigmodel_cli.mlm import masked_loss_sums
+        from bigmodel_cli.mlm import masked_loss_sums, process_share
 
         rows, world = dataloader.dataset, max(self.args.world_size, 1)
-        mine = range(self.args.process_index, len(rows), world)
         size = self.args.per_device_eval_batch_size
-        self.callback_handler.eval_dataloader = range(0, len(mine), size)  # the progress bar's length
+        batches, counted = process_share(len(rows), self.args.process_index, world, size)
+        self.callback_handler.eval_dataloader = batches  # the progress bar's length
         model = self.accelerator.unwrap_model(self.model)
         was_training = model.training
         model.eval()
         try:
             with self.autocast_smart_context_manager():
                 total = masked_loss_sums(
-                    model, self.eval_data_collator, rows, mine, size, prepare=self._prepare_inputs,
+                    model, self.eval_data_collator, rows, batches, counted, prepare=self._prepare_inputs,
                     on_batch=lambda: setattr(self, "control", self.callback_handler.on_prediction_step(
                         self.args, self.state, self.control)))
         finally:

@@ -3,7 +3,7 @@ import torch
 from conftest import TINY
 from transformers import BertConfig, BertForMaskedLM
 
-from bigmodel_cli.mlm import MLMCollator, SparseHeadBertForMaskedLM, chunk_line, pack, train_wordpiece, unknown_rate
+from bigmodel_cli.mlm import MLMCollator, SparseHeadBertForMaskedLM, chunk_line, pack, process_share, train_wordpiece, unknown_rate
 
 pytestmark = pytest.mark.unit
 
@@ -83,3 +83,12 @@ def test_packed_rows_equal_separate_rows_and_sparse_head_equals_full_head():
         loss_full = full(**separate).loss
     assert loss_packed.item() == pytest.approx(loss_separate.item(), abs=1e-5)
     assert loss_separate.item() == pytest.approx(loss_full.item(), abs=1e-5)
+
+
+@pytest.mark.parametrize("rows, world, size", [(65, 2, 32), (64, 2, 32), (7, 3, 2), (1, 4, 8), (0, 2, 4), (100, 1, 7)])
+def test_evaluation_shares_score_each_row_once_in_as_many_passes_on_every_process(rows, world, size):
+    shares = [process_share(rows, rank, world, size) for rank in range(world)]
+    scored = sorted(i for batches, counted in shares for batch in batches[:counted] for i in batch)
+    assert scored == list(range(rows))
+    assert len({len(batches) for batches, _ in shares}) == 1  # a sharded model's forward needs every process
+    assert all(len(batch) <= size for batches, _ in shares for batch in batches)
