@@ -116,4 +116,5 @@ def test_resolved_recipe_round_trips(tmp_path):
     dump_recipe(recipe, tmp_path / "resolved.yaml", "header")
     again, _ = load_recipe("finetune", str(tmp_path / "resolved.yaml"))
     assert again == recipe
-    assert yaml.safe_load((tmp_path / "resolved.yaml").read_text())["training"]["learning_rate"] == 1e-4
+    written = yaml.safe_load((tmp_path / "resolved.yaml").read_text())["training"]["learning_rate"]
+    assert isinstance(written, float) and written == recipe.training.learning_rate == 5e-5
