@@ -10,18 +10,24 @@ pretrain: BERT-tiny on WikiText-2 with one tokenizer for both. Peer = run_mlm.py
   model shape and optimizer settings, the same wall-clock budget and the budget-long schedule for
   both. Real (non-pad) tokens/s and held-out perplexity (one scorer, fixed masks).
 gemm: this CPU's matrix-multiply peak, to put achieved FLOP/s against.
+
+Each side trains and evaluates in a process of its own, as its command would run: ours with the
+process settings `bigmodel`'s commands make (freed memory kept for reuse), the peer with Python's
+stock ones. The sides take turns, never overlap, and the evaluation rounds alternate between them.
 """
 
 from __future__ import annotations
 
 import argparse
 import json
+import multiprocessing
 import os
 import platform
 import statistics
 import sys
 import tempfile
 import time
+from concurrent.futures import ProcessPoolExecutor
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -40,6 +46,39 @@ def gemm_peak(dtype=torch.float32, n=1024, seconds=2.0) -> float:
         a @ b
         runs += 1
     return 2 * n**3 * runs / (time.perf_counter() - start)
+
+
+# ---------------------------------------------------------------------------------------------
+# one process per side
+# ---------------------------------------------------------------------------------------------
+_EVALUATE = None  # in a side's process: its trained model's evaluation, run once per round
+_KEEPS_FREED_MEMORY = False
+
+
+def _start_side(ours: bool) -> None:
+    global _KEEPS_FREED_MEMORY
+    if ours:  # what `bigmodel`'s commands set up before they train or evaluate
+        from bigmodel_cli.memory import keep_freed_memory
+
+        _KEEPS_FREED_MEMORY = keep_freed_memory()
+
+
+def _train(name: str, *args):
+    global _EVALUATE
+    result = globals()[name](*args)
+    if isinstance(result, tuple):
+        result, _EVALUATE = result
+    return {**result, "keeps_freed_memory": _KEEPS_FREED_MEMORY}
+
+
+def _evaluate_once() -> float:
+    return _EVALUATE()
+
+
+def side_process(ours: bool) -> ProcessPoolExecutor:
+    """A fresh process (spawned: nothing inherited from this one) for one side's jobs."""
+    return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_start_side,
+                               initargs=(ours,))
 
 
 # ---------------------------------------------------------------------------------------------
@@ -225,9 +264,11 @@ def main() -> None:
     if opts.only in (None, "finetune"):
         steps, epochs = (40, 1.0) if opts.quick else (-1, 3.0)
         ours_over = [f"training.max_steps={steps}"] if opts.quick else []
-        peer, peer_evaluate = finetune_peer(mrpc, work, steps, epochs)
-        ours, ours_evaluate = finetune_ours(mrpc, work, ours_over)
-        rounds = [(peer_evaluate(), ours_evaluate()) for _ in range(EVAL_REPEATS)]  # interleaved: drift hits both
+        with side_process(False) as peer_side, side_process(True) as ours_side:
+            peer = peer_side.submit(_train, "finetune_peer", mrpc, work, steps, epochs).result()
+            ours = ours_side.submit(_train, "finetune_ours", mrpc, work, ours_over).result()
+            rounds = [(peer_side.submit(_evaluate_once).result(), ours_side.submit(_evaluate_once).result())
+                      for _ in range(EVAL_REPEATS)]  # interleaved: drift hits both
         peer["eval_samples_per_second"] = statistics.median(r[0] for r in rounds)
         ours["eval_samples_per_second"] = statistics.median(r[1] for r in rounds)
         ours["eval_rounds_samples_per_second"] = [list(r) for r in rounds]  # (peer, ours) per round
@@ -242,9 +283,11 @@ def main() -> None:
         save()
     if opts.only in (None, "pretrain"):
         budget = 60.0 if opts.quick else 600.0
-        ours = pretrain_ours(corpus, work, budget, None)
+        with side_process(True) as side:
+            ours = side.submit(_train, "pretrain_ours", corpus, work, budget, None).result()
         tokenizer_dir = work / "ours-pretrain"  # the tokenizer ours trained: both sides share it
-        peer = pretrain_peer(corpus, work, budget, tokenizer_dir)
+        with side_process(False) as side:
+            peer = side.submit(_train, "pretrain_peer", corpus, work, budget, tokenizer_dir).result()
         from bigmodel_cli import pretrain
         from bigmodel_cli.recipe import load_recipe
 

@@ -32,7 +32,10 @@ QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bars or summar
 
 
 def _setup(quiet: bool) -> None:
+    from bigmodel_cli.memory import keep_freed_memory
+
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
+    keep_freed_memory()  # no page faults on every step (about 10 % of a CPU training step)
     if quiet:
         os.environ["TRANSFORMERS_VERBOSITY"] = "error"
         os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
