@@ -221,7 +221,7 @@ class MLMTrainer(CountingTrainer):
         size = self.args.per_device_eval_batch_size
         batches, counted = process_share(len(rows), self.args.process_index, world, size)
         self.callback_handler.eval_dataloader = batches  # the progress bar's length
-        model = self.accelerator.unwrap_model(self.model)
+        model = self._wrap_model(self.model, training=False)  # as Trainer's loop: FSDP's wrapper, DDP's module
         was_training = model.training
         model.eval()
         try:
