@@ -359,10 +359,9 @@ def main() -> None:
     except click.ClickException as e:
         e.show()
         sys.exit(e.exit_code)
-    except (click.exceptions.Abort, KeyboardInterrupt):
-        print("interrupted", file=sys.stderr)
-        sys.exit(130)
-    except click.exceptions.Exit as e:
+    except (click.exceptions.Abort, typer.Abort, KeyboardInterrupt):
+        result = 130
+    except (click.exceptions.Exit, typer.Exit) as e:
         sys.exit(e.exit_code)
     except Exception as e:  # a bug or an unforeseen failure: one line, the traceback on request
         if debug:
@@ -375,6 +374,9 @@ def main() -> None:
             sys.exit(2)
         print(f"error: {type(e).__name__}: {e} (run again with --debug for the traceback)", file=sys.stderr)
         sys.exit(1)
+    if result == 130:  # Ctrl-C twice (once finishes the step and saves); typer returns 130 for it, silently
+        print("interrupted: a training run resumes from its last complete checkpoint when the same command "
+              "runs again", file=sys.stderr)
     sys.exit(result if isinstance(result, int) else 0)
 
 

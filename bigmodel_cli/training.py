@@ -100,6 +100,11 @@ class CountingTrainer(Trainer):
             return super()._get_train_sampler(train_dataset)
         global_batch = self.args.train_batch_size * self.args.gradient_accumulation_steps * max(world_size(), 1)
         drop_last = self.args.dataloader_drop_last
+        if drop_last and len(dataset) < global_batch:
+            raise BigmodelError(
+                f"training.dataloader_drop_last is on and the training set has {len(dataset)} rows, fewer than "
+                f"one global batch ({global_batch}): no step would run; lower training.global_batch_size or "
+                "set training.dataloader_drop_last=false")
         seed = self.args.data_seed if self.args.data_seed is not None else self.args.seed
         if strategy == "group_by_length" and "input_ids" in (getattr(dataset, "column_names", None) or []):
             lengths = [len(ids) for ids in dataset["input_ids"]]  # Trainer has dropped the `length` column by now
@@ -358,6 +363,9 @@ class GracefulStop(TrainerCallback):
 
     def raise_if_stopped(self, trainer) -> None:
         if self.received:
+            import signal
+
+            signal.signal(signal.SIGINT, signal.SIG_IGN)  # saved and leaving: a second Ctrl-C now changes nothing
             step = trainer.state.global_step
             raise BigmodelError(
                 f"stopped by {self.received} at step {step}; checkpoint-{step} saved in {trainer.args.output_dir}; "

@@ -136,6 +136,13 @@ def test_diverged_training_stops_with_the_step(tmp_path):
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 
+def test_drop_last_with_less_than_one_global_batch_names_the_fix(tmp_path):
+    (tmp_path / "corpus.txt").write_text("a few words\n" * 3)
+    fails(pretrain(tmp_path, "data.train_files=[corpus.txt]", "training.dataloader_drop_last=true",
+                   "training.global_batch_size=8"),
+          "training.dataloader_drop_last", "fewer than one global batch (8)", "training.global_batch_size")
+
+
 def _can(command: list[str]) -> bool:
     import subprocess
 

@@ -127,3 +127,43 @@ def test_kill9_inside_the_save_window_leaves_no_checkpoint_that_looks_complete(t
         assert f"removed incomplete checkpoints left by an interrupted save: tmp-checkpoint-{step}" in said
     assert not list(run_dir.glob("tmp-checkpoint-*"))
     assert_same_run(straight, run_dir)
+
+
+
+
+@pytest.mark.smoke
+def test_ctrl_c_saves_says_how_to_resume_and_the_same_command_finishes_the_run(tmp_path, args, straight):
+    run_dir = tmp_path / "run"
+    proc = subprocess.Popen([sys.executable, "-m", "bigmodel_cli", *args, "-o", str(run_dir)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while newest_step(run_dir) < SAVE_EVERY and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 75, (proc.returncode, err[-1500:])  # EX_TEMPFAIL: requeue me
+    assert "Traceback" not in err, err[-1500:]
+    last = err.strip().splitlines()[-1]
+    assert last.startswith("error: stopped by SIGINT at step") and "run the same command again to resume" in last
+    stopped_at = int(last.split("at step ")[1].split(";")[0])
+    assert (run_dir / f"checkpoint-{stopped_at}" / "trainer_state.json").is_file()  # saved where it stopped
+    assert not (run_dir / "metrics.json").exists()
+    assert f"resuming from {run_dir / f'checkpoint-{stopped_at}'}" in resume(args, run_dir)
+    assert_same_run(straight, run_dir)
+
+
+@pytest.mark.unit
+def test_a_second_ctrl_c_stops_at_once_with_one_line(monkeypatch, capsys):
+    from bigmodel_cli import cli
+
+    def pressed(quiet):  # Ctrl-C while a command runs, after GracefulStop let the first one through
+        raise KeyboardInterrupt
+
+    monkeypatch.setattr(cli, "_setup", pressed)
+    monkeypatch.setattr(sys, "argv", ["bigmodel", "pretrain", "-r", "pretrain/tiny-debug", "-q"])
+    with pytest.raises(SystemExit) as stopped:
+        cli.main()
+    assert stopped.value.code == 130
+    err = capsys.readouterr().err
+    assert "Traceback" not in err
+    assert err.strip().splitlines()[-1].startswith("interrupted: a training run resumes from its last complete checkpoint")
