@@ -252,7 +252,8 @@ def evaluate(
     data_dir: Path | None = typer.Option(None, "--data-dir", help="Folder with GLUE's own files; default: the hub."),
     data_file: Path | None = typer.Option(None, "--data-file", help="A labelled file (GLUE TSV, CSV, JSON, JSONL), or text for mlm."),
     split: str = typer.Option("validation", "--split", help="train, validation (dev), test, or MNLI's validation_mismatched."),
-    batch_size: int = typer.Option(256, "--batch-size", help="Examples per batch.", min=1),
+    batch_size: int = typer.Option(32, "--batch-size", min=1,
+                                   help="Examples per batch, length-sorted (on 2 CPU cores 32 ran 1.6x faster than 256)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line of stdout."),
 ) -> None:
     """Evaluate a saved model: accuracy/F1 or the task's official metric, or perplexity (--task mlm)."""
@@ -278,7 +279,8 @@ def predict(
     text_pair: str | None = typer.Option(None, "--text-pair", help="The second text, for pair tasks."),
     input_file: Path | None = typer.Option(None, "--input-file", "-i", help="CSV, TSV, JSON or JSON Lines; streamed."),
     output: Path | None = typer.Option(None, "--output", help="JSON Lines file to write (never overwritten). Default: stdout."),
-    batch_size: int = typer.Option(256, "--batch-size", help="Examples per batch.", min=1),
+    batch_size: int = typer.Option(32, "--batch-size", min=1,
+                                   help="Examples per batch, length-sorted (on 2 CPU cores 32 ran 1.6x faster than 256)."),
     quiet: bool = QuietOpt,
 ) -> None:
     """Predict labels (names and probabilities) or scores: one JSON line per example."""
@@ -342,10 +344,22 @@ def recipes_copy(
     print(target)
 
 
+def _usage_errors() -> tuple[type[Exception], ...]:
+    """Click's usage errors, and those of the click that typer >= 0.24 carries inside itself."""
+    import click
+
+    try:
+        from typer._click.exceptions import ClickException
+    except ImportError:
+        return (click.exceptions.ClickException,)
+    return (click.exceptions.ClickException, ClickException)
+
+
 def main() -> None:
     """Entry point: `error: ...` and exit 2 for bad input; `--debug` anywhere shows the traceback."""
     import click
 
+    usage_errors = _usage_errors()
     argv = sys.argv[1:]
     debug = "--debug" in argv or os.environ.get("BIGMODEL_DEBUG") == "1"
     argv = [a for a in argv if a != "--debug"]
@@ -356,7 +370,7 @@ def main() -> None:
             raise
         print(f"error: {e}", file=sys.stderr)
         sys.exit(e.exit_code)
-    except click.ClickException as e:
+    except usage_errors as e:  # a wrong flag or a missing option: usage and the fix, exit 2
         e.show()
         sys.exit(e.exit_code)
     except (click.exceptions.Abort, typer.Abort, KeyboardInterrupt):

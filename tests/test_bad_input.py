@@ -222,3 +222,15 @@ def test_pickled_weights_are_refused(tmp_path, pretrained):
     fails(run_cli("finetune", "-r", "finetune/mrpc-tiny-debug", "--model", pickled, "-o", tmp_path / "run"),
           "pickled", "safetensors only")
     assert not list((tmp_path / "run").glob("*.safetensors"))
+
+
+@pytest.mark.parametrize("args, words", [
+    (["pretrain", "--bogus"], ["No such option: --bogus", "Try 'bigmodel pretrain -h' for help"]),
+    (["eval"], ["Missing option '--model'", "Try 'bigmodel eval -h' for help"]),
+])
+def test_usage_errors_show_usage_and_exit_2(tmp_path, args, words):
+    result = run_cli(*args, cwd=tmp_path)
+    assert result.returncode == 2, (result.returncode, result.stderr[-1500:])
+    assert "Traceback" not in result.stderr and "--debug" not in result.stderr
+    for word in words:
+        assert word in result.stderr, result.stderr
