@@ -11,6 +11,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
+import signal
 import time
 from pathlib import Path
 
@@ -341,16 +342,12 @@ class GracefulStop(TrainerCallback):
     SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
 
     def __init__(self):
-        import signal
-
         self.received: str | None = None
         for name in self.SIGNALS:
             if hasattr(signal, name):
                 signal.signal(getattr(signal, name), self._handle)
 
     def _handle(self, signum, frame):
-        import signal
-
         if self.received is not None and signum == signal.SIGINT:
             raise KeyboardInterrupt
         self.received = signal.Signals(signum).name
@@ -363,8 +360,6 @@ class GracefulStop(TrainerCallback):
 
     def raise_if_stopped(self, trainer) -> None:
         if self.received:
-            import signal
-
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # saved and leaving: a second Ctrl-C now changes nothing
             step = trainer.state.global_step
             raise BigmodelError(

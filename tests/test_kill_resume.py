@@ -57,6 +57,16 @@ def newest_step(run_dir) -> int:
     return max(steps, default=0)
 
 
+def started_past(args, run_dir, step: int) -> subprocess.Popen:
+    """The command running in a subprocess, returned once it has saved checkpoint `step` or later."""
+    proc = subprocess.Popen([sys.executable, "-m", "bigmodel_cli", *args, "-o", str(run_dir)],
+                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
+    deadline = time.time() + 300
+    while newest_step(run_dir) < step and proc.poll() is None and time.time() < deadline:
+        time.sleep(0.01)
+    return proc
+
+
 RANDOM_TRIALS = [pytest.param(seed, marks=pytest.mark.smoke) for seed in range(2)]
 RANDOM_TRIALS += [pytest.param(seed, marks=pytest.mark.slow) for seed in range(2, 12)]
 
@@ -66,11 +76,7 @@ def test_kill9_at_a_random_step_then_resume_equals_the_uninterrupted_run(tmp_pat
     rng = random.Random(seed)
     after_checkpoint = rng.randrange(SAVE_EVERY, STEPS - 2 * SAVE_EVERY, SAVE_EVERY)
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "bigmodel_cli", *args, "-o", str(run_dir)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while newest_step(run_dir) < after_checkpoint and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
+    proc = started_past(args, run_dir, after_checkpoint)
     time.sleep(rng.uniform(0.0, 0.3))  # somewhere between two checkpoints, or inside the next save
     proc.send_signal(signal.SIGKILL)
     _, err = proc.communicate(timeout=60)
@@ -129,16 +135,10 @@ def test_kill9_inside_the_save_window_leaves_no_checkpoint_that_looks_complete(t
     assert_same_run(straight, run_dir)
 
 
-
-
 @pytest.mark.smoke
 def test_ctrl_c_saves_says_how_to_resume_and_the_same_command_finishes_the_run(tmp_path, args, straight):
     run_dir = tmp_path / "run"
-    proc = subprocess.Popen([sys.executable, "-m", "bigmodel_cli", *args, "-o", str(run_dir)],
-                            stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
-    deadline = time.time() + 300
-    while newest_step(run_dir) < SAVE_EVERY and proc.poll() is None and time.time() < deadline:
-        time.sleep(0.01)
+    proc = started_past(args, run_dir, SAVE_EVERY)
     proc.send_signal(signal.SIGINT)  # what Ctrl-C sends
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == 75, (proc.returncode, err[-1500:])  # EX_TEMPFAIL: requeue me

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import subprocess
 import sys
 
@@ -25,8 +26,6 @@ print(took, resource.getrusage(resource.RUSAGE_SELF).ru_minflt - before)
 
 
 def probe(keep: str) -> tuple[str, int]:
-    import os
-
     result = subprocess.run([sys.executable, "-c", PROBE], capture_output=True, text=True, timeout=120,
                             env={**os.environ, "BIGMODEL_KEEP_FREED_MEMORY": keep})
     assert result.returncode == 0, result.stderr[-2000:]
