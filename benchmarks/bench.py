@@ -4,7 +4,8 @@
 
 finetune: all-MiniLM-L6-v2 on the real MRPC files. Peer = run_glue.py's defaults: every pair padded
   to 128 tokens, batch 32, lr 2e-5, eval batch 8, `Trainer`. Ours = `bigmodel finetune`'s code path
-  with the shipped finetune/mrpc recipe. Train samples/s, eval samples/s; dev accuracy/F1 on full runs.
+  with the shipped finetune/mrpc recipe. Train samples/s; eval samples/s over interleaved rounds of
+  equal length (the ratio is the median round's); dev accuracy/F1 on full runs.
 pretrain: BERT-tiny on WikiText-2 with one tokenizer for both. Peer = run_mlm.py --line_by_line:
   truncation to 128, dynamic padding, the full MLM head, `DataCollatorForLanguageModeling`. Same
   model shape and optimizer settings, the same wall-clock budget and the budget-long schedule for
@@ -34,7 +35,11 @@ os.environ.setdefault("HF_HUB_OFFLINE", "1")
 os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
 import torch  # noqa: E402
 
-EVAL_REPEATS = 5  # a pass over MRPC's dev set takes seconds: median of 5 interleaved rounds
+# A pass over MRPC's dev set takes seconds, and this shared machine's speed drifts by 10-20 % within
+# minutes. So: one untimed pass each, then rounds in which both sides evaluate over the same span of
+# time (ours repeats its pass until it has run as long as the peer's did), the side that goes first
+# alternating; each round gives a ratio, and the median round is reported.
+EVAL_ROUNDS = 7
 
 
 def gemm_peak(dtype=torch.float32, n=1024, seconds=2.0) -> float:
@@ -71,8 +76,34 @@ def _train(name: str, *args):
     return {**result, "keeps_freed_memory": _KEEPS_FREED_MEMORY}
 
 
-def _evaluate_once() -> float:
-    return _EVALUATE()
+def _evaluate_for(seconds: float) -> tuple[int, float]:
+    """Whole evaluation passes until `seconds` have passed (at least one): (examples, seconds)."""
+    examples, start = 0, time.perf_counter()
+    while True:
+        examples += _EVALUATE()
+        elapsed = time.perf_counter() - start
+        if elapsed >= seconds:
+            return examples, elapsed
+
+
+def eval_rounds(peer_side: ProcessPoolExecutor, ours_side: ProcessPoolExecutor, rounds: int) -> list[dict]:
+    """Interleaved evaluation rounds of equal length; each side's samples/s and their ratio per round."""
+    for side in (peer_side, ours_side):
+        side.submit(_evaluate_for, 0.0).result()  # warm-up: first-call costs are not throughput
+    results = []
+    for i in range(rounds):
+        if i % 2 == 0:
+            peer = peer_side.submit(_evaluate_for, 0.0).result()
+            ours = ours_side.submit(_evaluate_for, peer[1]).result()
+        else:  # ours first; the peer's single pass sets the span, so ours' first run is timed alone
+            ours = ours_side.submit(_evaluate_for, 0.0).result()
+            peer = peer_side.submit(_evaluate_for, 0.0).result()
+            more = ours_side.submit(_evaluate_for, max(peer[1] - ours[1], 0.0)).result()
+            ours = (ours[0] + more[0], ours[1] + more[1])
+        peer_speed, ours_speed = peer[0] / peer[1], ours[0] / ours[1]
+        results.append({"peer": peer_speed, "ours": ours_speed, "ratio": ours_speed / peer_speed,
+                        "peer_seconds": peer[1], "ours_seconds": ours[1]})
+    return results
 
 
 def side_process(ours: bool) -> ProcessPoolExecutor:
@@ -102,10 +133,9 @@ def finetune_ours(mrpc: Path, work: Path, overrides: list[str]):
     task = get_task("mrpc")
     features = encode(load_glue(task, "validation", str(mrpc)), tokenizer)
 
-    def evaluate() -> float:  # as `bigmodel eval` runs it, metrics included
-        start = time.perf_counter()
+    def evaluate() -> int:  # as `bigmodel eval` runs it, metrics included; returns the examples scored
         finetune.evaluate_classifier(model, tokenizer, features, task, recipe.training.per_device_eval_batch_size)
-        return len(features) / (time.perf_counter() - start)
+        return len(features)
 
     # Training speed with the per-epoch evaluations and checkpoints (which the peer does not do) set
     # aside; the figure with them is kept beside it.
@@ -147,9 +177,14 @@ def finetune_peer(mrpc: Path, work: Path, max_steps: int, epochs: float):
                       data_collator=default_data_collator, compute_metrics=metrics)
     result = trainer.train()
     evaluated = trainer.evaluate()
+
+    def evaluate() -> int:  # Trainer.evaluate as run_glue.py calls it; returns the examples scored
+        trainer.evaluate()
+        return len(dev)
+
     return {"train_samples_per_second": result.metrics["train_samples_per_second"],
             "eval_accuracy": evaluated["eval_accuracy"], "eval_f1": evaluated["eval_f1"],
-            "train_runtime": result.metrics["train_runtime"]}, lambda: trainer.evaluate()["eval_samples_per_second"]
+            "train_runtime": result.metrics["train_runtime"]}, evaluate
 
 
 # ---------------------------------------------------------------------------------------------
@@ -267,11 +302,10 @@ def main() -> None:
         with side_process(False) as peer_side, side_process(True) as ours_side:
             peer = peer_side.submit(_train, "finetune_peer", mrpc, work, steps, epochs).result()
             ours = ours_side.submit(_train, "finetune_ours", mrpc, work, ours_over).result()
-            rounds = [(peer_side.submit(_evaluate_once).result(), ours_side.submit(_evaluate_once).result())
-                      for _ in range(EVAL_REPEATS)]  # interleaved: drift hits both
-        peer["eval_samples_per_second"] = statistics.median(r[0] for r in rounds)
-        ours["eval_samples_per_second"] = statistics.median(r[1] for r in rounds)
-        ours["eval_rounds_samples_per_second"] = [list(r) for r in rounds]  # (peer, ours) per round
+            rounds = eval_rounds(peer_side, ours_side, EVAL_ROUNDS)
+        peer["eval_samples_per_second"] = statistics.median(r["peer"] for r in rounds)
+        ours["eval_samples_per_second"] = statistics.median(r["ours"] for r in rounds)
+        ours["eval_rounds"] = rounds
         train_per_example, eval_per_example = finetune_flops_per_example(mrpc, work / "ours-finetune")
         for side in (ours, peer):
             side["achieved_train_flops"] = train_per_example * side["train_samples_per_second"]
@@ -279,7 +313,9 @@ def main() -> None:
             side["train_fraction_of_fp32_peak"] = side["achieved_train_flops"] / report["gemm_peak_flops"]["fp32"]
             side["eval_fraction_of_fp32_peak"] = side["achieved_eval_flops"] / report["gemm_peak_flops"]["fp32"]
         report["finetune"] = {"peer": peer, "ours": ours, "ratio": {
-            k: ours[k] / peer[k] for k in ("train_samples_per_second", "eval_samples_per_second")}}
+            "train_samples_per_second": ours["train_samples_per_second"] / peer["train_samples_per_second"],
+            "eval_samples_per_second": statistics.median(r["ratio"] for r in rounds),  # the median round's
+            "eval_samples_per_second_of_medians": ours["eval_samples_per_second"] / peer["eval_samples_per_second"]}}
         save()
     if opts.only in (None, "pretrain"):
         budget = 60.0 if opts.quick else 600.0

@@ -134,8 +134,24 @@ def test_saved_model_loads_with_plain_sdpa(tmp_path):
     assert not any(isinstance(m, FastDropout) for m in loaded.modules())
 
 
-def test_classifier_computing_its_last_layer_for_the_first_token_only_is_exact():
-    stock, fast = pair(NO_DROP)
+def eager_pair():
+    """Stock attention in plain PyTorch: its padding mask is additive floats, not SDPA's booleans."""
+    torch.manual_seed(0)
+    stock, fast = tiny_classifier(0.0), tiny_classifier(0.0)
+    fast.load_state_dict(stock.state_dict())
+    for model in (stock, fast):
+        model.set_attn_implementation("eager")
+    return stock, fast
+
+
+@pytest.mark.parametrize("make_pair", [lambda: pair(NO_DROP), eager_pair], ids=["fast-sdpa", "eager"])
+def test_classifier_computing_its_last_layer_for_the_first_token_only_is_exact(make_pair):
+    stock, fast = make_pair()
+    with torch.no_grad():  # BERT starts with zero biases: give the key and value biases a part to play
+        for name, parameter in stock.named_parameters():
+            if name.endswith("bias"):
+                parameter.normal_()
+    fast.load_state_dict(stock.state_dict())
     assert classify_from_first_token(fast) and classify_from_first_token(fast)  # idempotent
     assert type(fast.bert.encoder.layer[-1]).__name__ == "FirstTokenBertLayer"
     assert type(fast.bert.encoder.layer[0]) is type(stock.bert.encoder.layer[0])
@@ -153,6 +169,32 @@ def test_classifier_computing_its_last_layer_for_the_first_token_only_is_exact()
     torch.testing.assert_close(fast(input_ids=ids, attention_mask=mask).logits,
                                stock(input_ids=ids, attention_mask=mask).logits, rtol=0, atol=1e-6)
     assert fast.state_dict().keys() == stock.state_dict().keys()
+
+
+def test_first_token_layer_under_attention_dropout_is_the_textbook_attention():
+    """With dropped attention weights (their sum no longer 1), the folded keys and values still give
+    softmax(qK^T) with dropout, times V, for the first query."""
+    config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=1, num_attention_heads=4,
+                        intermediate_size=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.5)
+    torch.manual_seed(0)
+    model = BertForSequenceClassification(config)
+    assert classify_from_first_token(model)
+    layer = model.bert.encoder.layer[-1]
+    layer.train()
+    with torch.no_grad():  # BERT's initial biases are zeros: these must count
+        for proj in (layer.attention.self.key, layer.attention.self.value):
+            proj.bias.normal_()
+    x = torch.randn(2, 5, 32)
+    torch.manual_seed(7)
+    out = layer(x)
+    own = layer.attention.self
+    q = own.query(x[:, :1]).view(2, 1, 4, 8).transpose(1, 2)
+    k, v = (proj(x).view(2, 5, 4, 8).transpose(1, 2) for proj in (own.key, own.value))
+    torch.manual_seed(7)  # the same draws: one per (example, head, key), in the same order
+    weights = fast_dropout(torch.softmax(q @ k.transpose(-1, -2) * own.scaling, dim=-1), 0.5)
+    assert (weights == 0).any()
+    expected = layer.feed_forward_chunk(layer.attention.output((weights @ v).transpose(1, 2).reshape(2, 1, 32), x[:, :1]))
+    torch.testing.assert_close(out, expected, rtol=0, atol=1e-5)
 
 
 def test_first_token_shortcut_leaves_other_models_alone():
