@@ -143,7 +143,8 @@ def evaluate_classifier(model, tokenizer, features, task: Task, batch_size: int 
     import numpy as np
 
     logits = predict_logits(model, tokenizer, features, batch_size, progress)
-    labels = np.asarray(features["label"])
+    labels = np.asarray(features.select_columns(["label"])[:]["label"] if hasattr(features, "select_columns")
+                        else [f["label"] for f in features])
     scores = {f"eval_{k}": v for k, v in score_logits(logits, labels, task.metrics, task.is_regression).items()}
     if not task.is_regression:  # rows: true label, columns: predicted
         n = len(task.label_names)

@@ -70,8 +70,11 @@ def predict_logits(model, tokenizer, features, batch_size: int = 32, progress: b
 
     classify_from_first_token(model)  # a BERT classifier's last layer for [CLS] only: the same logits
     model.eval()
-    order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]), reverse=True)
     keys = [k for k in ("input_ids", "token_type_ids", "attention_mask") if k in features[0]]
+    if hasattr(features, "select_columns"):  # a `datasets.Dataset`: its columns read at once (row by
+        columns = features.select_columns(keys)[:]  # row took 0.1 s of a 3.5 s pass over MRPC's dev set)
+        features = [dict(zip(keys, values)) for values in zip(*(columns[k] for k in keys))]
+    order = sorted(range(len(features)), key=lambda i: len(features[i]["input_ids"]), reverse=True)
     rows = [{k: features[i][k] for k in keys} for i in order]
     device = next(model.parameters()).device
     starts = range(0, len(order), batch_size)

@@ -57,8 +57,9 @@ def tiny_classifier_and_examples(n: int = 60):
     return model, tokenizer, features
 
 
+@pytest.mark.parametrize("as_rows", [False, True], ids=["dataset", "list-of-rows"])
 @pytest.mark.parametrize("threads", ["1", "2"])
-def test_predict_logits_in_original_order_whatever_the_threads(threads, monkeypatch):
+def test_predict_logits_in_original_order_whatever_the_threads(threads, as_rows, monkeypatch):
     """Length-sorted, padded batches (run side by side on CPU cores) score every example as the
     model scores it alone, unpadded, in the caller's order; the thread count is restored."""
     import torch
@@ -68,7 +69,7 @@ def test_predict_logits_in_original_order_whatever_the_threads(threads, monkeypa
     model, tokenizer, features = tiny_classifier_and_examples()
     monkeypatch.setenv("BIGMODEL_EVAL_THREADS", threads)
     before = torch.get_num_threads()
-    logits = predict_logits(model, tokenizer, features, batch_size=8)
+    logits = predict_logits(model, tokenizer, list(features) if as_rows else features, batch_size=8)
     assert torch.get_num_threads() == before
     with torch.inference_mode():
         alone = np.stack([model(input_ids=torch.tensor([ids])).logits[0].numpy() for ids in features["input_ids"]])
