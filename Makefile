@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help install demo test test-slow lint bench bench-quick clean
+.PHONY: help install demo test test-slow lint bench bench-quick bench-eval clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -44,6 +44,9 @@ bench: install  ## benchmarks: ours vs run_glue.py / run_mlm.py, JSON in bench-r
 
 bench-quick: install  ## a few minutes' version of `make bench`
 	$(BIN)/python benchmarks/bench.py --data $(DATA) --out bench-results/bench-quick.json --quick
+
+bench-eval: install  ## fine-tuning's evaluation speed alone, ours vs run_glue.py (4 minutes)
+	$(BIN)/python benchmarks/bench.py --data $(DATA) --out bench-results/bench-eval.json --only eval
 
 clean:  ## remove runs and caches (keeps .venv)
 	rm -rf runs bench-results .pytest_cache

@@ -280,7 +280,8 @@ def main() -> None:
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
     parser.add_argument("--out", type=Path, default=Path("bench-results/bench.json"))
     parser.add_argument("--quick", action="store_true", help="a few minutes: 60 s budgets, 40 fine-tuning steps")
-    parser.add_argument("--only", choices=["finetune", "pretrain"], default=None)
+    parser.add_argument("--only", choices=["finetune", "pretrain", "eval"], default=None,
+                        help="eval: fine-tuning's evaluation speed alone, on models trained one step (minutes)")
     opts = parser.parse_args()
     mrpc, corpus = opts.data / "glue" / "mrpc", opts.data / "wikitext-2" / "wiki.valid.tokens"
     for path in (mrpc / "train.tsv", corpus):
@@ -294,8 +295,16 @@ def main() -> None:
 
     report: dict = {"machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                                 "torch": torch.__version__},
-                    "mode": "quick" if opts.quick else "full",
+                    "mode": "eval-only" if opts.only == "eval" else "quick" if opts.quick else "full",
                     "gemm_peak_flops": {"fp32": gemm_peak(torch.float32), "bf16": gemm_peak(torch.bfloat16)}}
+    if opts.only == "eval":  # speed does not depend on the weights: one training step each
+        with side_process(False) as peer_side, side_process(True) as ours_side:
+            peer_side.submit(_train, "finetune_peer", mrpc, work, 1, 1.0).result()
+            ours_side.submit(_train, "finetune_ours", mrpc, work, ["training.max_steps=1", "training.eval_strategy=no"]).result()
+            rounds = eval_rounds(peer_side, ours_side, EVAL_ROUNDS)
+        report["eval_only"] = {"rounds": rounds, "ratio": statistics.median(r["ratio"] for r in rounds),
+                               "peer": statistics.median(r["peer"] for r in rounds),
+                               "ours": statistics.median(r["ours"] for r in rounds)}
     if opts.only in (None, "finetune"):
         steps, epochs = (40, 1.0) if opts.quick else (-1, 3.0)
         ours_over = [f"training.max_steps={steps}"] if opts.quick else []
