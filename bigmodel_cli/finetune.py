@@ -13,7 +13,7 @@ from bigmodel_cli.kernels import classify_from_first_token, use_fast_dropout
 from bigmodel_cli.models import load_tokenizer, model_error, resolve_model_path
 from bigmodel_cli.recipe import FinetuneRecipe, dump_recipe
 from bigmodel_cli.rundir import RECIPE_FILE, clean_metrics, shown, write_json, write_model_card
-from bigmodel_cli.scoring import predict_logits, score_logits, task_metrics
+from bigmodel_cli.scoring import predict_logits, read_columns, score_logits, task_metrics
 from bigmodel_cli.training import CountingTrainer, GracefulStop, RunHeader, training_arguments
 
 
@@ -143,8 +143,7 @@ def evaluate_classifier(model, tokenizer, features, task: Task, batch_size: int 
     import numpy as np
 
     logits = predict_logits(model, tokenizer, features, batch_size, progress)
-    labels = np.asarray(features.select_columns(["label"])[:]["label"] if hasattr(features, "select_columns")
-                        else [f["label"] for f in features])
+    labels = np.asarray(read_columns(features, ["label"])["label"])
     scores = {f"eval_{k}": v for k, v in score_logits(logits, labels, task.metrics, task.is_regression).items()}
     if not task.is_regression:  # rows: true label, columns: predicted
         n = len(task.label_names)
