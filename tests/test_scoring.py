@@ -74,3 +74,50 @@ def test_predict_logits_in_original_order_whatever_the_threads(threads, as_rows,
     with torch.inference_mode():
         alone = np.stack([model(input_ids=torch.tensor([ids])).logits[0].numpy() for ids in features["input_ids"]])
     np.testing.assert_allclose(logits, alone, rtol=0, atol=1e-5)
+
+
+def brute_force_cost(lengths, most, per_batch):
+    """The least cost over every way to cut `lengths` into consecutive batches of at most `most`."""
+    if not lengths:
+        return 0
+    return min(size * lengths[0] + per_batch + brute_force_cost(lengths[size:], most, per_batch)
+               for size in range(1, min(most, len(lengths)) + 1))
+
+
+@pytest.mark.parametrize("seed", range(6))
+def test_length_batches_are_the_cheapest_cut(seed):
+    from bigmodel_cli.scoring import length_batches
+
+    rng = np.random.default_rng(seed)
+    lengths = sorted(rng.integers(3, 60, rng.integers(1, 11)).tolist(), reverse=True)
+    most, per_batch = int(rng.integers(1, 5)), int(rng.integers(0, 40))
+    spans = length_batches(lengths, most, per_batch)
+    assert [s for s, _ in spans] == [0] + [e for _, e in spans[:-1]] and spans[-1][1] == len(lengths)
+    assert all(0 < e - s <= most for s, e in spans)
+    cost = sum((e - s) * lengths[s] + per_batch for s, e in spans)
+    assert cost == brute_force_cost(lengths, most, per_batch)
+
+
+def test_length_batches_cut_less_padding_than_fixed_batches():
+    from bigmodel_cli.scoring import length_batches
+
+    lengths = [40] * 3 + [20] * 30  # fixed batches of 32 pad 29 of 30 twenties to 40
+    spans = length_batches(lengths, 32, per_batch=8)
+    assert spans == [(0, 3), (3, 33)]
+    with pytest.raises(ValueError, match="sorted"):
+        length_batches([1, 2], 4)
+
+
+@pytest.mark.parametrize("side", ["right", "left"])
+@pytest.mark.parametrize("stored_mask", [True, False])
+def test_pad_batch_pads_as_the_tokenizer_does(side, stored_mask):
+    from bigmodel_cli.scoring import pad_batch
+
+    _, tokenizer, features = tiny_classifier_and_examples(7)
+    tokenizer.padding_side = side
+    rows = [{k: v for k, v in row.items() if stored_mask or k != "attention_mask"} for row in features]
+    ours, theirs = pad_batch(rows, tokenizer), tokenizer.pad(rows, return_tensors="pt")
+    assert sorted(ours) == sorted(theirs) == ["attention_mask", "input_ids", "token_type_ids"]
+    for key in theirs:
+        assert ours[key].dtype == theirs[key].dtype and ours[key].tolist() == theirs[key].tolist(), key
+    assert ours["attention_mask"].sum() == sum(len(r["input_ids"]) for r in rows) < ours["attention_mask"].numel()
