@@ -106,6 +106,20 @@ def eval_rounds(peer_side: ProcessPoolExecutor, ours_side: ProcessPoolExecutor, 
     return results
 
 
+def medians(rounds: list[dict]) -> dict:
+    """The median round's ratio (both sides saw that round's drift) and each side's median speed."""
+    return {key: statistics.median(r[key] for r in rounds) for key in ("ratio", "peer", "ours")}
+
+
+def train_then_evaluate(mrpc: Path, work: Path, peer_args: tuple, ours_overrides: list[str]):
+    """Each side fine-tunes in a process of its own, one after the other; then both evaluate in
+    interleaved rounds. Returns (peer's figures, ours, the rounds)."""
+    with side_process(False) as peer_side, side_process(True) as ours_side:
+        peer = peer_side.submit(_train, "finetune_peer", mrpc, work, *peer_args).result()
+        ours = ours_side.submit(_train, "finetune_ours", mrpc, work, ours_overrides).result()
+        return peer, ours, eval_rounds(peer_side, ours_side, EVAL_ROUNDS)
+
+
 def side_process(ours: bool) -> ProcessPoolExecutor:
     """A fresh process (spawned: nothing inherited from this one) for one side's jobs."""
     return ProcessPoolExecutor(1, mp_context=multiprocessing.get_context("spawn"), initializer=_start_side,
@@ -298,22 +312,14 @@ def main() -> None:
                     "mode": "eval-only" if opts.only == "eval" else "quick" if opts.quick else "full",
                     "gemm_peak_flops": {"fp32": gemm_peak(torch.float32), "bf16": gemm_peak(torch.bfloat16)}}
     if opts.only == "eval":  # speed does not depend on the weights: one training step each
-        with side_process(False) as peer_side, side_process(True) as ours_side:
-            peer_side.submit(_train, "finetune_peer", mrpc, work, 1, 1.0).result()
-            ours_side.submit(_train, "finetune_ours", mrpc, work, ["training.max_steps=1", "training.eval_strategy=no"]).result()
-            rounds = eval_rounds(peer_side, ours_side, EVAL_ROUNDS)
-        report["eval_only"] = {"rounds": rounds, "ratio": statistics.median(r["ratio"] for r in rounds),
-                               "peer": statistics.median(r["peer"] for r in rounds),
-                               "ours": statistics.median(r["ours"] for r in rounds)}
+        *_, rounds = train_then_evaluate(mrpc, work, (1, 1.0), ["training.max_steps=1", "training.eval_strategy=no"])
+        report["eval_only"] = {"rounds": rounds, **medians(rounds)}
     if opts.only in (None, "finetune"):
         steps, epochs = (40, 1.0) if opts.quick else (-1, 3.0)
         ours_over = [f"training.max_steps={steps}"] if opts.quick else []
-        with side_process(False) as peer_side, side_process(True) as ours_side:
-            peer = peer_side.submit(_train, "finetune_peer", mrpc, work, steps, epochs).result()
-            ours = ours_side.submit(_train, "finetune_ours", mrpc, work, ours_over).result()
-            rounds = eval_rounds(peer_side, ours_side, EVAL_ROUNDS)
-        peer["eval_samples_per_second"] = statistics.median(r["peer"] for r in rounds)
-        ours["eval_samples_per_second"] = statistics.median(r["ours"] for r in rounds)
+        peer, ours, rounds = train_then_evaluate(mrpc, work, (steps, epochs), ours_over)
+        middle = medians(rounds)
+        peer["eval_samples_per_second"], ours["eval_samples_per_second"] = middle["peer"], middle["ours"]
         ours["eval_rounds"] = rounds
         train_per_example, eval_per_example = finetune_flops_per_example(mrpc, work / "ours-finetune")
         for side in (ours, peer):
@@ -323,7 +329,7 @@ def main() -> None:
             side["eval_fraction_of_fp32_peak"] = side["achieved_eval_flops"] / report["gemm_peak_flops"]["fp32"]
         report["finetune"] = {"peer": peer, "ours": ours, "ratio": {
             "train_samples_per_second": ours["train_samples_per_second"] / peer["train_samples_per_second"],
-            "eval_samples_per_second": statistics.median(r["ratio"] for r in rounds),  # the median round's
+            "eval_samples_per_second": middle["ratio"],  # the median round's
             "eval_samples_per_second_of_medians": ours["eval_samples_per_second"] / peer["eval_samples_per_second"]}}
         save()
     if opts.only in (None, "pretrain"):

@@ -68,11 +68,16 @@ def tiny_classifier(dropout: float) -> BertForSequenceClassification:
     return BertForSequenceClassification(config)
 
 
-def pair(dropout: float):
+def twins(dropout: float):
+    """Two classifiers with the same seeded weights: (the one left stock, the one to change)."""
     torch.manual_seed(0)
-    stock = tiny_classifier(dropout)
-    fast = tiny_classifier(dropout)
+    stock, fast = tiny_classifier(dropout), tiny_classifier(dropout)
     fast.load_state_dict(stock.state_dict())
+    return stock, fast
+
+
+def pair(dropout: float):
+    stock, fast = twins(dropout)
     assert use_fast_dropout(fast)
     return stock, fast
 
@@ -136,9 +141,7 @@ def test_saved_model_loads_with_plain_sdpa(tmp_path):
 
 def eager_pair():
     """Stock attention in plain PyTorch: its padding mask is additive floats, not SDPA's booleans."""
-    torch.manual_seed(0)
-    stock, fast = tiny_classifier(0.0), tiny_classifier(0.0)
-    fast.load_state_dict(stock.state_dict())
+    stock, fast = twins(0.0)
     for model in (stock, fast):
         model.set_attn_implementation("eager")
     return stock, fast
