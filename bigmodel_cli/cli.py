@@ -355,6 +355,15 @@ def _usage_errors() -> tuple[type[Exception], ...]:
     return (click.exceptions.ClickException, ClickException)
 
 
+def _leave_process_group() -> None:
+    """Under `bigmodel launch`, leave the gloo/NCCL group before the interpreter shuts down: gloo's
+    worker threads still alive at finalization abort the process ("terminate called without an
+    active exception", exit -6) after a run that finished and saved."""
+    torch = sys.modules.get("torch")  # never imported by --help or a bad flag: nothing to leave
+    if torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
+
+
 def main() -> None:
     """Entry point: `error: ...` and exit 2 for bad input; `--debug` anywhere shows the traceback."""
     import click
@@ -388,6 +397,7 @@ def main() -> None:
             sys.exit(2)
         print(f"error: {type(e).__name__}: {e} (run again with --debug for the traceback)", file=sys.stderr)
         sys.exit(1)
+    _leave_process_group()
     if result == 130:  # Ctrl-C twice (once finishes the step and saves); typer returns 130 for it, silently
         print("interrupted: a training run resumes from its last complete checkpoint when the same command "
               "runs again", file=sys.stderr)

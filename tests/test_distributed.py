@@ -180,3 +180,20 @@ def test_global_batch_that_processes_do_not_divide_is_an_error():
 def test_launch_without_a_command_says_what_to_do():
     result = run_cli("launch", "-n", "2")
     assert result.returncode == 2 and "name the command to launch" in result.stderr
+
+
+@pytest.mark.unit
+def test_a_finished_command_leaves_its_process_group_before_exit():
+    """A gloo group still alive at interpreter shutdown can abort a finished run (exit -6, seen in CI)."""
+    script = (
+        "import atexit, sys, torch.distributed as dist\n"
+        f"dist.init_process_group('gloo', init_method='tcp://127.0.0.1:{free_port()}', rank=0, world_size=1)\n"
+        "atexit.register(lambda: print('still in a group:', dist.is_initialized()))\n"
+        "sys.argv = ['bigmodel', 'recipes', 'list']\n"
+        "from bigmodel_cli.cli import main\n"
+        "main()\n"
+    )
+    result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "pretrain/tiny-debug" in result.stdout
+    assert result.stdout.strip().endswith("still in a group: False")
