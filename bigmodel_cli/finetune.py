@@ -52,10 +52,7 @@ def run(recipe: FinetuneRecipe, run_dir: Path, resume_from: Path | None = None, 
     trainer.model_accepts_loss_kwargs = False
     if args.process_index == 0:
         dump_recipe(recipe, run_dir / RECIPE_FILE, f"bigmodel finetune: {shlex.join(sys.argv[1:])}")
-    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    stop.raise_if_stopped(trainer)
-    metrics = {**result.metrics, **trainer.throughput(result.metrics["train_runtime"])}
-    metrics["train_loss"] = trainer.train_loss()
+    metrics = trainer.train_and_measure(resume_from, stop)
     metrics.update(evaluate_classifier(trainer.model, tokenizer, validation, task,
                                        recipe.training.per_device_eval_batch_size, progress=not quiet))
     metrics["train_samples"], metrics["eval_samples"] = len(raw["train"]), len(raw["validation"])

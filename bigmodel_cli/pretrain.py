@@ -53,10 +53,7 @@ def run(recipe: PretrainRecipe, run_dir: Path, resume_from: Path | None = None, 
     )
     if args.process_index == 0:
         dump_recipe(recipe, run_dir / RECIPE_FILE, f"bigmodel pretrain: {shlex.join(sys.argv[1:])}")
-    result = trainer.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
-    stop.raise_if_stopped(trainer)
-    metrics = {**result.metrics, **trainer.throughput(result.metrics["train_runtime"])}
-    metrics["train_loss"] = trainer.train_loss()
+    metrics = trainer.train_and_measure(resume_from, stop)
     metrics["train_rows_per_second"] = metrics["train_samples_per_second"]  # packed sequences
     metrics["train_samples_per_second"] = metrics["train_examples_per_second"]  # lines: the examples
     metrics.update(trainer.evaluate())

@@ -195,6 +195,15 @@ class CountingTrainer(Trainer):
         if saved.is_file():
             self.loss_sum = json.loads(saved.read_text())["loss_sum"]
 
+    def train_and_measure(self, resume_from: Path | None, stop: GracefulStop) -> dict:
+        """Train (resuming from a checkpoint when given), stop cleanly after Ctrl-C, and return
+        Trainer's metrics with real-token throughput and the whole run's mean training loss."""
+        result = self.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
+        stop.raise_if_stopped(self)
+        metrics = {**result.metrics, **self.throughput(result.metrics["train_runtime"])}
+        metrics["train_loss"] = self.train_loss()
+        return metrics
+
     def train_loss(self) -> float:
         """The mean training loss over all steps of the run. Trainer's own `train_loss` averages only
         the steps since the last resume, so a resumed run would report another figure."""
