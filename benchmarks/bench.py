@@ -131,7 +131,7 @@ def side_process(ours: bool) -> ProcessPoolExecutor:
 # ---------------------------------------------------------------------------------------------
 def finetune_ours(mrpc: Path, work: Path, overrides: list[str]):
     """Trains; returns its figures and a function that evaluates the saved model once (samples/s)."""
-    from bigmodel_cli import finetune
+    from bigmodel_cli.commands import finetune
     from bigmodel_cli.recipe import load_recipe
 
     recipe, _ = load_recipe("finetune", "finetune/mrpc", flags={"data.data_dir": str(mrpc)},
@@ -139,16 +139,20 @@ def finetune_ours(mrpc: Path, work: Path, overrides: list[str]):
     metrics = finetune.run(recipe, work / "ours-finetune", quiet=True)
     from transformers import AutoModelForSequenceClassification
 
-    from bigmodel_cli.glue import encode, get_task, load_glue
+    from bigmodel_cli.classification.data import encode, load_glue
+    from bigmodel_cli.classification.inference import evaluate_classifier
+    from bigmodel_cli.classification.tasks import get_task
+    from bigmodel_cli.kernels import classify_from_first_token
     from bigmodel_cli.models import load_tokenizer
 
     model = AutoModelForSequenceClassification.from_pretrained(work / "ours-finetune")
+    classify_from_first_token(model)  # as `bigmodel eval` loads it
     tokenizer = load_tokenizer(str(work / "ours-finetune"))
     task = get_task("mrpc")
     features = encode(load_glue(task, "validation", str(mrpc)), tokenizer)
 
     def evaluate() -> int:  # as `bigmodel eval` runs it, metrics included; returns the examples scored
-        finetune.evaluate_classifier(model, tokenizer, features, task, recipe.training.per_device_eval_batch_size)
+        evaluate_classifier(model, tokenizer, features, task, recipe.training.per_device_eval_batch_size)
         return len(features)
 
     # Training speed with the per-epoch evaluations and checkpoints (which the peer does not do) set
@@ -164,9 +168,10 @@ def finetune_peer(mrpc: Path, work: Path, max_steps: int, epochs: float):
     import numpy as np
     from transformers import AutoModelForSequenceClassification, Trainer, TrainingArguments, default_data_collator
 
-    from bigmodel_cli.glue import get_task, load_glue
+    from bigmodel_cli.classification.data import load_glue
+    from bigmodel_cli.classification.metrics import task_metrics
+    from bigmodel_cli.classification.tasks import get_task
     from bigmodel_cli.models import load_tokenizer, resolve_model_path
-    from bigmodel_cli.scoring import task_metrics
 
     task = get_task("mrpc")
     path = resolve_model_path("sentence-transformers/all-MiniLM-L6-v2")
@@ -205,7 +210,7 @@ def finetune_peer(mrpc: Path, work: Path, max_steps: int, epochs: float):
 # pretrain
 # ---------------------------------------------------------------------------------------------
 def pretrain_ours(corpus: Path, work: Path, budget: float, tokenizer_dir: Path | None) -> dict:
-    from bigmodel_cli import pretrain
+    from bigmodel_cli.commands import pretrain
     from bigmodel_cli.recipe import load_recipe
 
     overrides = [f"data.train_files=[{corpus}]", f"training.time_budget={budget}", "training.report_to=[none]",
@@ -222,21 +227,24 @@ def pretrain_ours(corpus: Path, work: Path, budget: float, tokenizer_dir: Path |
 def pretrain_peer(corpus: Path, work: Path, budget: float, tokenizer_dir: Path) -> dict:
     from transformers import BertForMaskedLM, DataCollatorForLanguageModeling
 
-    from bigmodel_cli import pretrain
+    from bigmodel_cli.mlm.head import bert_config
+    from bigmodel_cli.mlm.text import load_corpus
     from bigmodel_cli.models import load_tokenizer
     from bigmodel_cli.recipe import load_recipe
-    from bigmodel_cli.training import CountingTrainer, TimeBudget, budget_schedule, training_arguments
+    from bigmodel_cli.trainer.arguments import training_arguments
+    from bigmodel_cli.trainer.callbacks import TimeBudget, budget_schedule
+    from bigmodel_cli.trainer.trainer import CountingTrainer
 
     recipe, _ = load_recipe("pretrain", "pretrain/bert-tiny", overrides=[
         f"data.train_files=[{corpus}]", f"training.time_budget={budget}", "training.report_to=[none]",
         "training.save_strategy=no", f"tokenizer.name_or_path={tokenizer_dir}"])
     tokenizer = load_tokenizer(str(tokenizer_dir))
-    raw = pretrain.load_corpus(recipe)  # the same train/held-out lines as ours
+    raw = load_corpus(recipe)  # the same train/held-out lines as ours
     train = raw["train"].map(lambda b: tokenizer(b["text"], truncation=True, max_length=128,
                                                  return_special_tokens_mask=True),
                              batched=True, remove_columns=["text"])
     torch.manual_seed(42)
-    model = BertForMaskedLM(pretrain.bert_config(recipe, tokenizer))
+    model = BertForMaskedLM(bert_config(recipe, tokenizer))
     run_dir = work / "peer-pretrain"
     args = training_arguments(recipe.training, run_dir, quiet=True, eval_strategy="no")
     budget_cb = TimeBudget(budget)
@@ -259,7 +267,7 @@ def pretrain_peer(corpus: Path, work: Path, budget: float, tokenizer_dir: Path) 
 
 
 def held_out_perplexity(run_dir: Path, lines: list[str], work: Path) -> float:
-    from bigmodel_cli.evaluation import evaluate_mlm_on
+    from bigmodel_cli.commands.evaluate import evaluate_mlm_on
 
     path = work / "held-out.txt"
     path.write_text("\n".join(lines) + "\n", encoding="utf-8")
@@ -276,7 +284,8 @@ def finetune_flops_per_example(mrpc: Path, run_dir: Path) -> tuple[float, float]
     """Useful multiply-adds x 2 per training and per evaluation example: what the stock model needs
     on the real (non-pad) tokens, 6 and 2 x (non-embedding parameters) per token. Padding the peer
     computes is waste and not counted; the work our first-token last layer skips is counted."""
-    from bigmodel_cli.glue import encode, get_task, load_glue
+    from bigmodel_cli.classification.data import encode, load_glue
+    from bigmodel_cli.classification.tasks import get_task
     from bigmodel_cli.models import load_tokenizer
 
     config = json.loads((run_dir / "config.json").read_text())
@@ -339,11 +348,11 @@ def main() -> None:
         tokenizer_dir = work / "ours-pretrain"  # the tokenizer ours trained: both sides share it
         with side_process(False) as side:
             peer = side.submit(_train, "pretrain_peer", corpus, work, budget, tokenizer_dir).result()
-        from bigmodel_cli import pretrain
+        from bigmodel_cli.mlm.text import load_corpus
         from bigmodel_cli.recipe import load_recipe
 
         recipe, _ = load_recipe("pretrain", "pretrain/bert-tiny", overrides=[f"data.train_files=[{corpus}]"])
-        held = list(pretrain.load_corpus(recipe)["validation"]["text"])
+        held = list(load_corpus(recipe)["validation"]["text"])
         ours["perplexity"] = held_out_perplexity(work / "ours-pretrain", held, work)
         peer["perplexity"] = held_out_perplexity(work / "peer-pretrain", held, work)
         config = json.loads((work / "ours-pretrain" / "config.json").read_text())

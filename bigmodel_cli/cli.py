@@ -1,9 +1,9 @@
-"""The `bigmodel` command line. It registers commands and nothing more: torch, transformers and
-datasets are imported inside the commands, so `--help` and recipe errors answer at once."""
+"""The `bigmodel` command line: it registers the commands (each one lives in `commands/`) and is the
+one exit path (an error's message and exit code). torch, transformers and datasets are imported
+inside the commands, so `--help` and recipe errors answer at once."""
 
 from __future__ import annotations
 
-import json
 import os
 import sys
 from pathlib import Path
@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 
 from bigmodel_cli.errors import BigmodelError, write_failure
-from bigmodel_cli.rundir import shown
+from bigmodel_cli.processes import leave_process_group
 
 app = typer.Typer(
     name="bigmodel",
@@ -31,57 +31,6 @@ OverwriteOpt = typer.Option(False, "--overwrite", help="Replace a finished or di
 QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bars or summary; errors still show.")
 
 
-def _setup(quiet: bool) -> None:
-    from bigmodel_cli.memory import keep_freed_memory
-
-    os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
-    keep_freed_memory()  # no page faults on every step (about 10 % of a CPU training step)
-    if quiet:
-        os.environ["TRANSFORMERS_VERBOSITY"] = "error"
-        os.environ["HF_DATASETS_DISABLE_PROGRESS_BARS"] = "1"
-        os.environ["TQDM_DISABLE"] = "1"
-
-
-def _run_dir(output_dir: Path | None, default_name: str) -> Path:
-    return output_dir or Path("runs") / default_name
-
-
-def _prepare(run_dir: Path, recipe, overwrite: bool) -> Path | None:
-    from bigmodel_cli.rundir import checkpoints, prepare_run_dir
-
-    if int(os.environ.get("RANK", "0")) != 0:  # the main process prepares; the others follow it
-        found = checkpoints(run_dir) if run_dir.is_dir() and not overwrite else []
-        return found[-1] if found else None
-    resume = prepare_run_dir(run_dir, recipe.model_dump(mode="json"), overwrite)
-    if resume is not None:
-        _say(f"resuming from {resume}")
-    return resume
-
-
-def _say(text: str) -> None:
-    if int(os.environ.get("RANK", "0")) == 0:
-        print(text, file=sys.stderr)
-
-
-def _summary(title: str, metrics: dict, run_dir: Path | None, quiet: bool, keys: list[str]) -> None:
-    if quiet or int(os.environ.get("RANK", "0")) != 0:
-        return
-    from rich.console import Console
-    from rich.table import Table
-
-    table = Table(title=title, show_header=True)
-    table.add_column("metric")
-    table.add_column("value", justify="right")
-    for key in keys:
-        if key in metrics:
-            value = metrics[key]
-            table.add_row(key, shown(value))
-    console = Console(stderr=True)
-    console.print(table)
-    if run_dir is not None:
-        console.print(f"model, tokenizer, metrics.json, resolved_recipe.yaml and README.md in [bold]{run_dir}[/bold]")
-
-
 @app.command()
 def pretrain(
     recipe: str = typer.Option("pretrain/bert-tiny", "--recipe", "-r", help="A shipped recipe name or a YAML file."),
@@ -95,17 +44,9 @@ def pretrain(
     Trains a WordPiece tokenizer on the corpus unless the recipe names one, and reports held-out
     perplexity. Running the same command again resumes an interrupted run.
     """
-    from bigmodel_cli.recipe import load_recipe, recipe_name
+    from bigmodel_cli.commands import pretrain as job
 
-    _setup(quiet)
-    loaded, _ = load_recipe("pretrain", recipe, overrides=set_)
-    run_dir = _run_dir(output_dir, recipe_name(recipe))
-    resume = _prepare(run_dir, loaded, overwrite)
-    from bigmodel_cli import pretrain as job
-
-    metrics = job.run(loaded, run_dir, resume, quiet)
-    _summary("pretrain", metrics, run_dir, quiet, ["train_samples", "train_runtime", "train_tokens_per_second",
-                                                  "train_loss", "eval_loss", "perplexity", "model_parameters"])
+    job.command(recipe, output_dir, set_, overwrite, quiet)
 
 
 @app.command()
@@ -128,61 +69,16 @@ def finetune(
     Evaluates on the dev split after every epoch and keeps the best epoch. Default recipe:
     finetune/<task> (or finetune/custom for your own files).
     """
-    from bigmodel_cli.recipe import list_recipes, load_recipe, recipe_name
+    from bigmodel_cli.commands import finetune as job
 
-    _setup(quiet)
-    if recipe is None:
-        shipped = f"finetune/{task.lower()}" if task else "finetune/custom"
-        recipe = shipped if shipped in list_recipes() else "finetune/custom"
     flags = {
-        "data.task": task.lower() if task else None,
         "model.name_or_path": model,
         "data.data_dir": str(data_dir) if data_dir else None,
         "data.train_file": str(train_file) if train_file else None,
         "data.validation_file": str(validation_file) if validation_file else None,
         "data.test_file": str(test_file) if test_file else None,
     }
-    loaded, _ = load_recipe("finetune", recipe, flags=flags, overrides=set_)
-    if train_file:  # your own files: a recipe's GLUE task does not apply
-        loaded.data.task = None
-    default_name = loaded.data.task or (Path(loaded.data.train_file).stem if loaded.data.train_file else recipe_name(recipe))
-    run_dir = _run_dir(output_dir, default_name)
-    from bigmodel_cli import finetune as job
-
-    if seeds > 1:
-        _finetune_seeds(job, loaded, run_dir, seeds, overwrite, quiet)
-        return
-    resume = _prepare(run_dir, loaded, overwrite)
-    metrics = job.run(loaded, run_dir, resume, quiet)
-    keys = ["train_samples", "eval_samples", "train_runtime", "train_samples_per_second", "best_checkpoint"]
-    keys += [k for k in metrics if k.startswith("eval_") and isinstance(metrics[k], float)]
-    _summary(f"finetune {loaded.data.task or 'custom'}", metrics, run_dir, quiet, keys)
-
-
-def _finetune_seeds(job, recipe, run_dir: Path, seeds: int, overwrite: bool, quiet: bool) -> None:
-    """One run per seed in run_dir/seed-N, then the mean and standard deviation of every metric
-    in run_dir/seeds_summary.json (MRPC results move by points between seeds)."""
-    import statistics
-
-    from bigmodel_cli.rundir import write_json
-
-    first = recipe.training.seed
-    per_seed = {}
-    for seed in range(first, first + seeds):
-        one = recipe.model_copy(deep=True)
-        one.training.seed = seed
-        seed_dir = run_dir / f"seed-{seed}"
-        per_seed[seed] = job.run(one, seed_dir, _prepare(seed_dir, one, overwrite), quiet)
-    keys = [k for k, v in per_seed[first].items() if k.startswith("eval_") and isinstance(v, float)]
-    summary = {"seeds": list(per_seed), "runs": [str(run_dir / f"seed-{s}") for s in per_seed]}
-    for key in keys:
-        values = [m[key] for m in per_seed.values()]
-        summary[key] = {"mean": statistics.fmean(values), "std": statistics.stdev(values), "values": values}
-    write_json(run_dir / "seeds_summary.json", summary)
-    if not quiet:
-        for key in keys:
-            _say(f"{key:28s} {summary[key]['mean']:.4f} +- {summary[key]['std']:.4f}  over seeds {summary['seeds']}")
-        _say(f"per-seed runs and seeds_summary.json in {run_dir}")
+    job.command(task, flags, recipe, output_dir, set_, seeds, overwrite, quiet)
 
 
 @app.command(context_settings={"allow_extra_args": True, "ignore_unknown_options": True})
@@ -203,46 +99,9 @@ def launch(
     -m bigmodel_cli pretrain -r pretrain/bert-tiny`: a thin wrapper, nothing re-implemented. The recipe's
     training.global_batch_size holds whatever the number of processes.
     """
-    command = ctx.args
-    if not command or command[0] not in ("pretrain", "finetune"):
-        raise BigmodelError("name the command to launch after the options, e.g. bigmodel launch -n 2 pretrain -r pretrain/bert-tiny")
-    argv = launch_arguments(command, num_processes, config, num_machines, machine_rank, main_process_ip, main_process_port)
-    from accelerate.commands.launch import launch_command, launch_command_parser
+    from bigmodel_cli.commands import launch as job
 
-    try:
-        launch_command(launch_command_parser().parse_args(argv))
-    except Exception as e:  # the workers printed their own errors above
-        raise BigmodelError(f"the launched processes failed ({type(e).__name__}); see their messages above", exit_code=1) from None
-
-
-def launch_arguments(command: list[str], num_processes: int | None, config: str | None, num_machines: int | None,
-                     machine_rank: int | None, main_process_ip: str | None, main_process_port: int | None) -> list[str]:
-    """`accelerate launch` arguments for a bigmodel command."""
-    argv: list[str] = []
-    if config:
-        from bigmodel_cli.recipe import find_recipe, recipes_dir
-
-        try:  # a file, or a name shipped under recipes/ (accelerate/NAME), found as recipes are
-            path = find_recipe(config)
-        except BigmodelError:
-            names = sorted(p.stem for p in (recipes_dir() / "accelerate").glob("*.yaml"))
-            raise BigmodelError(
-                f"--config {config}: no such file, and no shipped Accelerate config accelerate/{{{','.join(names)}}}"
-            ) from None
-        argv += ["--config_file", str(path)]
-    elif (num_processes or 1) > 1 or (num_machines or 1) > 1:
-        # No config: torchrun-style processes; on a machine without GPUs they train on the CPU (gloo).
-        argv += ["--multi_gpu", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    else:
-        argv += ["--num_processes", "1", "--mixed_precision", "no", "--dynamo_backend", "no"]
-    for flag, value in (("--num_processes", num_processes), ("--num_machines", num_machines),
-                        ("--machine_rank", machine_rank), ("--main_process_ip", main_process_ip),
-                        ("--main_process_port", main_process_port)):
-        if value is not None:
-            argv += [flag, str(value)]
-    if (num_machines or 1) > 1 and not config:
-        argv += ["--rdzv_backend", "static", "--same_network"]
-    return [*argv, "-m", "bigmodel_cli", *command]
+    job.command(ctx.args, num_processes, config, num_machines, machine_rank, main_process_ip, main_process_port)
 
 
 @app.command("eval")
@@ -257,19 +116,10 @@ def evaluate(
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line of stdout."),
 ) -> None:
     """Evaluate a saved model: accuracy/F1 or the task's official metric, or perplexity (--task mlm)."""
-    from bigmodel_cli import evaluation
+    from bigmodel_cli.commands import evaluate as job
 
-    _setup(True)
-    if task and task.lower() == "mlm":
-        metrics = evaluation.evaluate_mlm_on(model, str(data_file) if data_file else None, batch_size)
-    else:
-        metrics = evaluation.evaluate_classifier_on(model, task, split, str(data_dir) if data_dir else None,
-                                                    str(data_file) if data_file else None, batch_size)
-    if as_json:
-        print(json.dumps(metrics, sort_keys=True))
-    else:
-        for key, value in sorted(metrics.items()):
-            print(f"{key:24s} {shown(value)}")
+    job.command(model, task, split, str(data_dir) if data_dir else None, str(data_file) if data_file else None,
+                batch_size, as_json)
 
 
 @app.command()
@@ -284,16 +134,10 @@ def predict(
     quiet: bool = QuietOpt,
 ) -> None:
     """Predict labels (names and probabilities) or scores: one JSON line per example."""
-    from bigmodel_cli import predict as job
+    from bigmodel_cli.commands import predict as job
 
-    _setup(True)
-    texts = [t for t in (text, text_pair) if t is not None]
-    if text_pair is not None and text is None:
-        raise BigmodelError("--text-pair needs --text")
-    count = job.run(model, texts, str(input_file) if input_file else None, str(output) if output else None,
-                    batch_size, progress=not quiet and output is not None)
-    if output and not quiet:
-        _say(f"wrote {count} predictions to {output}")
+    job.command(model, text, text_pair, str(input_file) if input_file else None, str(output) if output else None,
+                batch_size, quiet)
 
 
 @app.command()
@@ -302,7 +146,7 @@ def report(
     output: Path | None = typer.Option(None, "--output", "-o", help="Folder for the PNGs and report.md. Default: RUN_DIR/report."),
 ) -> None:
     """Plot training loss, learning rate and eval metrics (and a confusion matrix) of runs; compare them in report.md."""
-    from bigmodel_cli import report as job
+    from bigmodel_cli.commands import report as job
 
     written = job.run(run_dirs, output or run_dirs[0] / "report")
     for path in written:
@@ -312,19 +156,17 @@ def report(
 @recipes_app.command("list")
 def recipes_list() -> None:
     """List the shipped recipes."""
-    from bigmodel_cli.recipe import find_recipe, list_recipes
+    from bigmodel_cli.commands import recipes as job
 
-    for name in list_recipes():
-        first = find_recipe(name).read_text(encoding="utf-8").splitlines()[0].lstrip("# ")
-        print(f"{name:32s} {first}")
+    job.list_command()
 
 
 @recipes_app.command("show")
 def recipes_show(name: str = typer.Argument(..., help="Recipe name, e.g. pretrain/bert-tiny.")) -> None:
     """Print a shipped recipe."""
-    from bigmodel_cli.recipe import find_recipe
+    from bigmodel_cli.commands import recipes as job
 
-    print(find_recipe(name).read_text(encoding="utf-8"), end="")
+    job.show_command(name)
 
 
 @recipes_app.command("copy")
@@ -333,15 +175,9 @@ def recipes_copy(
     dest: Path = typer.Argument(..., help="Where to write the copy (a file or a folder)."),
 ) -> None:
     """Copy a shipped recipe to edit it; never overwrites an existing file."""
-    from bigmodel_cli.recipe import find_recipe
+    from bigmodel_cli.commands import recipes as job
 
-    source = find_recipe(name)
-    target = dest / source.name if dest.is_dir() else dest
-    if target.exists():
-        raise BigmodelError(f"{target} already exists; choose another destination")
-    target.parent.mkdir(parents=True, exist_ok=True)
-    target.write_text(source.read_text(encoding="utf-8"), encoding="utf-8")
-    print(target)
+    job.copy_command(name, dest)
 
 
 def _usage_errors() -> tuple[type[Exception], ...]:
@@ -353,15 +189,6 @@ def _usage_errors() -> tuple[type[Exception], ...]:
     except ImportError:
         return (click.exceptions.ClickException,)
     return (click.exceptions.ClickException, ClickException)
-
-
-def _leave_process_group() -> None:
-    """Under `bigmodel launch`, leave the gloo/NCCL group before the interpreter shuts down: gloo's
-    worker threads still alive at finalization abort the process ("terminate called without an
-    active exception", exit -6) after a run that finished and saved."""
-    torch = sys.modules.get("torch")  # never imported by --help or a bad flag: nothing to leave
-    if torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
-        torch.distributed.destroy_process_group()
 
 
 def main() -> None:
@@ -397,7 +224,7 @@ def main() -> None:
             sys.exit(2)
         print(f"error: {type(e).__name__}: {e} (run again with --debug for the traceback)", file=sys.stderr)
         sys.exit(1)
-    _leave_process_group()
+    leave_process_group()
     if result == 130:  # Ctrl-C twice (once finishes the step and saves); typer returns 130 for it, silently
         print("interrupted: a training run resumes from its last complete checkpoint when the same command "
               "runs again", file=sys.stderr)

@@ -85,21 +85,6 @@ class TrainingSection(Section):
         return kwargs
 
 
-def split_global_batch(global_batch: int, processes: int, most_per_device: int) -> tuple[int, int]:
-    """(per-device batch, accumulation steps) whose product with `processes` is exactly
-    `global_batch`, with the largest per-device batch up to `most_per_device`."""
-    if global_batch % processes:
-        raise BigmodelError(
-            f"training.global_batch_size {global_batch} is not divisible by the {processes} processes; "
-            f"choose a multiple of {processes}"
-        )
-    per_process = global_batch // processes
-    for per_device in range(min(most_per_device, per_process), 0, -1):
-        if per_process % per_device == 0:
-            return per_device, per_process // per_device
-    return 1, per_process
-
-
 # --------------------------------------------------------------------------------------------
 # pretrain
 # --------------------------------------------------------------------------------------------
@@ -345,7 +330,23 @@ def recipe_name(name_or_path: str) -> str:
     return Path(name_or_path).stem
 
 
+RECIPE_FILE = "resolved_recipe.yaml"  # beside every model: the recipe a run used, every value resolved
+
+
 def dump_recipe(recipe: Section, path: Path, header: str) -> None:
     """Write the resolved recipe: every value the run used, defaults included."""
     text = yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
     path.write_text(f"# {header}\n{text}", encoding="utf-8")
+
+
+def read_saved_recipe(run_dir: str | Path, kind: str) -> Section | None:
+    """The typed recipe a run of `kind` saved in its folder, the same object the run was given;
+    None where the folder holds no recipe of that kind (a model from elsewhere, or a damaged file)."""
+    path = Path(run_dir) / RECIPE_FILE
+    if not path.is_file():
+        return None
+    try:
+        tree = yaml.safe_load(path.read_text(encoding="utf-8"))
+        return RECIPE_TYPES[kind].model_validate(tree)
+    except (OSError, UnicodeDecodeError, yaml.YAMLError, ValidationError):
+        return None

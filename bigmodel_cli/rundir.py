@@ -10,22 +10,28 @@ import json
 import math
 import os
 import shutil
-import sys
 from pathlib import Path
 
 import yaml
 
+from bigmodel_cli.console import say, shown
 from bigmodel_cli.errors import BigmodelError
+from bigmodel_cli.processes import is_main
+from bigmodel_cli.recipe import RECIPE_FILE, RECIPE_TYPES, Section, read_saved_recipe
 
-RECIPE_FILE = "resolved_recipe.yaml"
 METRICS_FILE = "metrics.json"
 
 
-def _same_recipe(path: Path, resolved: dict) -> bool:
-    try:
-        return yaml.safe_load(path.read_text(encoding="utf-8")) == resolved
-    except (OSError, yaml.YAMLError):
-        return False
+def open_run(run_dir: Path, recipe: Section, overwrite: bool) -> Path | None:
+    """The main process makes `run_dir` ready (`prepare_run_dir`); the others of a launch find the
+    checkpoint it will resume from. Returns that checkpoint, or None for a fresh start."""
+    if not is_main():
+        found = checkpoints(run_dir) if run_dir.is_dir() and not overwrite else []
+        return found[-1] if found else None
+    resume = prepare_run_dir(run_dir, recipe, overwrite)
+    if resume is not None:
+        say(f"resuming from {resume}")
+    return resume
 
 
 def checkpoints(run_dir: Path) -> list[Path]:
@@ -54,7 +60,7 @@ def drop_partial_checkpoints(run_dir: Path) -> list[str]:
     return sorted(p.name for p in partial)
 
 
-def prepare_run_dir(run_dir: Path, resolved: dict, overwrite: bool) -> Path | None:
+def prepare_run_dir(run_dir: Path, recipe: Section, overwrite: bool) -> Path | None:
     """Make `run_dir` ready. Returns the checkpoint to resume from, if the folder holds an
     unfinished run of the same recipe; refuses a folder that holds anything else."""
     run_dir = Path(run_dir)
@@ -81,7 +87,7 @@ def prepare_run_dir(run_dir: Path, resolved: dict, overwrite: bool) -> Path | No
                 f"--output-dir {run_dir} already holds a finished run; pass --overwrite to replace it "
                 "or choose another --output-dir"
             )
-        elif not _same_recipe(recipe_file, resolved):
+        elif read_saved_recipe(run_dir, _kind(recipe)) != recipe:
             raise BigmodelError(
                 f"--output-dir {run_dir} holds an unfinished run of a different recipe; pass --overwrite "
                 "to replace it or choose another --output-dir"
@@ -89,8 +95,7 @@ def prepare_run_dir(run_dir: Path, resolved: dict, overwrite: bool) -> Path | No
         else:
             dropped = drop_partial_checkpoints(run_dir)
             if dropped:
-                print(f"removed incomplete checkpoints left by an interrupted save: {', '.join(dropped)}",
-                      file=sys.stderr)
+                say(f"removed incomplete checkpoints left by an interrupted save: {', '.join(dropped)}")
             found = checkpoints(run_dir)
             return found[-1] if found else None
     try:
@@ -103,9 +108,8 @@ def prepare_run_dir(run_dir: Path, resolved: dict, overwrite: bool) -> Path | No
     return None
 
 
-def shown(value, digits: int = 4) -> str:
-    """A metric as people read it: floats rounded, anything else (counts, "inf" kept as text) as is."""
-    return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+def _kind(recipe: Section) -> str:
+    return next(kind for kind, model in RECIPE_TYPES.items() if isinstance(recipe, model))
 
 
 def write_json(path: Path, data: dict) -> None:

@@ -144,7 +144,7 @@ def test_shipped_accelerate_configs_parse_with_accelerates_own_parser(path):
 
 @pytest.mark.unit
 def test_launch_builds_accelerates_own_command():
-    from bigmodel_cli.cli import launch_arguments
+    from bigmodel_cli.commands.launch import launch_arguments
 
     argv = launch_arguments(["pretrain", "-r", "x"], 2, None, None, None, None, None)
     assert argv[:1] == ["--multi_gpu"] and argv[-5:] == ["-m", "bigmodel_cli", "pretrain", "-r", "x"]
@@ -160,7 +160,7 @@ def test_launch_builds_accelerates_own_command():
     (16, 1, 32, (16, 1)), (16, 2, 32, (8, 1)), (64, 2, 16, (16, 2)), (48, 4, 5, (4, 3)), (7, 1, 2, (1, 7)),
 ])
 def test_global_batch_is_split_into_per_device_batch_and_accumulation(global_batch, processes, most, expected):
-    from bigmodel_cli.recipe import split_global_batch
+    from bigmodel_cli.trainer.arguments import split_global_batch
 
     per_device, accumulation = split_global_batch(global_batch, processes, most)
     assert (per_device, accumulation) == expected
@@ -170,7 +170,7 @@ def test_global_batch_is_split_into_per_device_batch_and_accumulation(global_bat
 @pytest.mark.unit
 def test_global_batch_that_processes_do_not_divide_is_an_error():
     from bigmodel_cli.errors import BigmodelError
-    from bigmodel_cli.recipe import split_global_batch
+    from bigmodel_cli.trainer.arguments import split_global_batch
 
     with pytest.raises(BigmodelError, match="global_batch_size 15 is not divisible by the 2 processes"):
         split_global_batch(15, 2, 8)

@@ -1,8 +1,9 @@
 import pytest
 from conftest import SHARED, TINY
 
+from bigmodel_cli.classification.data import load_glue, read_glue_tsv
+from bigmodel_cli.classification.tasks import TASKS, get_task
 from bigmodel_cli.errors import BigmodelError
-from bigmodel_cli.glue import TASKS, get_task, load_glue, read_glue_tsv
 
 pytestmark = pytest.mark.unit
 MRPC = get_task("mrpc")

@@ -92,9 +92,9 @@ def test_kill9_at_a_random_step_then_resume_equals_the_uninterrupted_run(tmp_pat
 # reaches it: after the weights (optimizer not yet written), after the optimizer (RNG states not
 # yet), with every file written but before the rename, and after the rename (before rotation).
 SAVE_POINTS = {
-    "after-weights": ("bigmodel_cli.training", "CountingTrainer", "_save_optimizer_and_scheduler"),
-    "before-rng-states": ("bigmodel_cli.training", "CountingTrainer", "_save_rng_state"),
-    "before-rename": ("bigmodel_cli.training", None, "sync_folder"),
+    "after-weights": ("bigmodel_cli.trainer.trainer", "CountingTrainer", "_save_optimizer_and_scheduler"),
+    "before-rng-states": ("bigmodel_cli.trainer.trainer", "CountingTrainer", "_save_rng_state"),
+    "before-rename": ("bigmodel_cli.trainer.checkpoints", None, "sync_folder"),
     "after-rename": ("transformers.trainer_utils", None, "rotate_checkpoints"),
 }
 DYING = """
@@ -155,11 +155,12 @@ def test_ctrl_c_saves_says_how_to_resume_and_the_same_command_finishes_the_run(t
 @pytest.mark.unit
 def test_a_second_ctrl_c_stops_at_once_with_one_line(monkeypatch, capsys):
     from bigmodel_cli import cli
+    from bigmodel_cli.commands import pretrain
 
     def pressed(quiet):  # Ctrl-C while a command runs, after GracefulStop let the first one through
         raise KeyboardInterrupt
 
-    monkeypatch.setattr(cli, "_setup", pressed)
+    monkeypatch.setattr(pretrain, "setup", pressed)
     monkeypatch.setattr(sys, "argv", ["bigmodel", "pretrain", "-r", "pretrain/tiny-debug", "-q"])
     with pytest.raises(SystemExit) as stopped:
         cli.main()

@@ -3,7 +3,11 @@ import torch
 from conftest import TINY
 from transformers import BertConfig, BertForMaskedLM
 
-from bigmodel_cli.mlm import MLMCollator, SparseHeadBertForMaskedLM, chunk_line, pack, process_share, train_wordpiece, unknown_rate
+from bigmodel_cli.mlm.evaluation import process_share
+from bigmodel_cli.mlm.head import SparseHeadBertForMaskedLM
+from bigmodel_cli.mlm.masking import MLMCollator
+from bigmodel_cli.mlm.text import chunk_line, pack
+from bigmodel_cli.mlm.tokenizer import train_wordpiece, unknown_rate
 
 pytestmark = pytest.mark.unit
 

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import pytest
 
-from bigmodel_cli.training import SeededLengthGroupedSampler, SeededRandomSampler, whole_batches
+from bigmodel_cli.trainer.sampling import SeededLengthGroupedSampler, SeededRandomSampler, whole_batches
 
 
 @pytest.mark.parametrize("size, batch", [(284, 16), (16, 16), (5, 16), (33, 4)])

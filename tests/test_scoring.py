@@ -1,7 +1,7 @@
 import numpy as np
 import pytest
 
-from bigmodel_cli.scoring import load_metric, score_logits, task_metrics
+from bigmodel_cli.classification.metrics import load_metric, score_logits, task_metrics
 
 pytestmark = pytest.mark.unit
 
@@ -64,16 +64,24 @@ def test_predict_logits_in_original_order_whatever_the_threads(threads, as_rows,
     model scores it alone, unpadded, in the caller's order; the thread count is restored."""
     import torch
 
-    from bigmodel_cli.scoring import predict_logits
+    from bigmodel_cli.classification.inference import predict_logits
+
+    from transformers.models.bert.modeling_bert import BertLayer
 
     model, tokenizer, features = tiny_classifier_and_examples()
+    model.eval()
     monkeypatch.setenv("BIGMODEL_EVAL_THREADS", threads)
     before = torch.get_num_threads()
     logits = predict_logits(model, tokenizer, list(features) if as_rows else features, batch_size=8)
     assert torch.get_num_threads() == before
+    # the caller's model is left as it was: the reference below is the stock model, not a folded one
+    assert type(model.bert.encoder.layer[-1]) is BertLayer and not model.training
     with torch.inference_mode():
         alone = np.stack([model(input_ids=torch.tensor([ids])).logits[0].numpy() for ids in features["input_ids"]])
     np.testing.assert_allclose(logits, alone, rtol=0, atol=1e-5)
+    model.train()
+    predict_logits(model, tokenizer, features, batch_size=8)
+    assert model.training  # evaluated in eval mode, handed back in training mode
 
 
 def brute_force_cost(lengths, most, per_batch):
@@ -86,7 +94,7 @@ def brute_force_cost(lengths, most, per_batch):
 
 @pytest.mark.parametrize("seed", range(6))
 def test_length_batches_are_the_cheapest_cut(seed):
-    from bigmodel_cli.scoring import length_batches
+    from bigmodel_cli.classification.inference import length_batches
 
     rng = np.random.default_rng(seed)
     lengths = sorted(rng.integers(3, 60, rng.integers(1, 11)).tolist(), reverse=True)
@@ -99,7 +107,7 @@ def test_length_batches_are_the_cheapest_cut(seed):
 
 
 def test_length_batches_cut_less_padding_than_fixed_batches():
-    from bigmodel_cli.scoring import length_batches
+    from bigmodel_cli.classification.inference import length_batches
 
     lengths = [40] * 3 + [20] * 30  # fixed batches of 32 pad 29 of 30 twenties to 40
     spans = length_batches(lengths, 32, per_batch=8)
@@ -111,7 +119,7 @@ def test_length_batches_cut_less_padding_than_fixed_batches():
 @pytest.mark.parametrize("side", ["right", "left"])
 @pytest.mark.parametrize("stored_mask", [True, False])
 def test_pad_batch_pads_as_the_tokenizer_does(side, stored_mask):
-    from bigmodel_cli.scoring import pad_batch
+    from bigmodel_cli.classification.inference import pad_batch
 
     _, tokenizer, features = tiny_classifier_and_examples(7)
     tokenizer.padding_side = side

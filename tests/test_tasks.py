@@ -5,8 +5,9 @@ import json
 import pytest
 from conftest import TINY, run_cli
 
+from bigmodel_cli.classification.data import infer_task, load_splits
+from bigmodel_cli.classification.reader import read_rows
 from bigmodel_cli.errors import BigmodelError
-from bigmodel_cli.labelled import infer_task, load_splits, read_table
 from bigmodel_cli.recipe import LabelledDataSection
 
 WORDS = "the farmer bought red house near river a young doctor painted boat".split()
@@ -39,7 +40,7 @@ def glue_files(folder, task: str, n: int = 24):
 def test_csv_with_quoted_fields_and_string_labels(tmp_path):
     path = tmp_path / "train.csv"
     path.write_text('id,text,label\n1,"Hello, world",happy\n2,"She said ""no""",sad\n3,plain,happy\n')
-    rows = read_table(path)
+    rows = read_rows(path)
     assert rows[1]["text"] == 'She said "no"' and rows[0]["text"] == "Hello, world"
     task = infer_task(LabelledDataSection(train_file=str(path)), rows, path)
     assert task.text_columns == ("text",) and task.label_names == ("happy", "sad")
@@ -49,7 +50,7 @@ def test_csv_with_quoted_fields_and_string_labels(tmp_path):
 @pytest.mark.unit
 def test_mrpc_tsv_as_a_plain_file_finds_the_string_columns_and_quality_label():
     path = TINY / "mrpc-tiny" / "train.tsv"
-    rows = read_table(path)
+    rows = read_rows(path)
     task = infer_task(LabelledDataSection(train_file=str(path)), rows, path)
     assert task.text_columns == ("#1 String", "#2 String") and task.label_column == "Quality"
     assert task.label_names == ("0", "1")
@@ -60,11 +61,11 @@ def test_jsonl_regression_and_three_classes(tmp_path):
     reg = tmp_path / "r.jsonl"
     reg.write_text("\n".join(json.dumps({"sentence1": sentence(i), "sentence2": sentence(i + 1), "label": i * 0.5})
                              for i in range(6)))
-    task = infer_task(LabelledDataSection(train_file=str(reg)), read_table(reg), reg)
+    task = infer_task(LabelledDataSection(train_file=str(reg)), read_rows(reg), reg)
     assert task.is_regression and task.metrics == ("pearsonr", "spearmanr")
     three = tmp_path / "t.json"
     three.write_text(json.dumps([{"text": sentence(i), "label": ["a", "b", "c"][i % 3]} for i in range(6)]))
-    task = infer_task(LabelledDataSection(train_file=str(three)), read_table(three), three)
+    task = infer_task(LabelledDataSection(train_file=str(three)), read_rows(three), three)
     assert task.label_names == ("a", "b", "c") and task.metrics == ("accuracy",)
 
 
@@ -82,7 +83,7 @@ def test_missing_label_names_the_example(tmp_path):
     train = tmp_path / "train.jsonl"
     train.write_text('{"text": "a", "label": "x"}\n{"text": "b"}\n')
     with pytest.raises(BigmodelError, match="example 2 has no label"):
-        infer_task(LabelledDataSection(train_file=str(train)), read_table(train), train)
+        infer_task(LabelledDataSection(train_file=str(train)), read_rows(train), train)
 
 
 @pytest.mark.smoke

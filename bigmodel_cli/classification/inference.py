@@ -1,56 +1,26 @@
-"""Scoring a sequence classifier: batched inference and the task's official metrics.
+"""Running a sequence classifier: logits in length-sorted batches, the task's scores, predictions.
 
-Metrics go through `evaluate`, from the modules shipped in `bigmodel_cli/metrics/` and loaded by
-path, so they work with the hub unreachable and `HF_HUB_OFFLINE=1`.
+`evaluate_classifier` is what finetune writes in `metrics.json` and what `bigmodel eval` prints, so
+evaluating a finetune run reproduces its dev metrics. `write_predictions` streams a file through a
+classifier into JSON lines, for `bigmodel predict` and finetune's `data.test_file`. Neither changes
+the model it is given: the caller decides its kernels (`kernels.classify_from_first_token`).
 """
 
 from __future__ import annotations
 
-import math
-from functools import cache
+import json
+import sys
+from contextlib import contextmanager
 from pathlib import Path
 
 import numpy as np
 
-METRICS_DIR = Path(__file__).resolve().parent / "metrics"
+from bigmodel_cli.classification.metrics import score_logits, task_metrics
+from bigmodel_cli.classification.reader import LABEL_COLUMNS, detect_text_columns, iter_rows
+from bigmodel_cli.classification.tasks import Task
+from bigmodel_cli.errors import BigmodelError
 
-
-@cache
-def load_metric(name: str):
-    import evaluate
-
-    module = METRICS_DIR / name / f"{name}.py"
-    if not module.is_file():
-        raise ValueError(f"no shipped metric module '{name}' (have: {sorted(p.name for p in METRICS_DIR.iterdir())})")
-    return evaluate.load(str(module), keep_in_memory=True)  # no Arrow cache files on disk: half the time
-
-
-def task_metrics(metric_names: tuple[str, ...], predictions, references) -> dict[str, float]:
-    """The named metrics over predictions and references; several are also averaged (run_glue.py's
-    `combined_score`)."""
-    scores: dict[str, float] = {}
-    for name in metric_names:
-        scores.update(load_metric(name).compute(predictions=predictions, references=references))
-    if len(scores) > 1:
-        scores["combined_score"] = float(np.mean(list(scores.values())))
-    return scores
-
-
-def score_logits(logits: np.ndarray, labels: np.ndarray, metric_names, is_regression: bool) -> dict[str, float]:
-    """Loss and metrics of classifier outputs. The loss is the mean cross-entropy (MSE for
-    regression), as the model's own forward computes it."""
-    logits = np.asarray(logits, dtype=np.float64)
-    if is_regression:
-        predictions = logits.reshape(-1)
-        loss = float(np.mean((predictions - labels) ** 2))
-    else:
-        shifted = logits - logits.max(axis=-1, keepdims=True)
-        log_probs = shifted - np.log(np.exp(shifted).sum(axis=-1, keepdims=True))
-        loss = float(-log_probs[np.arange(len(labels)), labels.astype(int)].mean())
-        predictions = logits.argmax(axis=-1)
-    scores = task_metrics(tuple(metric_names), predictions, labels)
-    return {"loss": loss, **scores}
-
+CHUNK = 2048  # examples tokenized and scored at a time when predicting a file
 
 def predict_logits(model, tokenizer, features, batch_size: int = 32, progress: bool = False) -> np.ndarray:
     """Logits for tokenized examples (dicts with `input_ids`, ...), in their original order.
@@ -67,9 +37,7 @@ def predict_logits(model, tokenizer, features, batch_size: int = 32, progress: b
     import torch
     from tqdm.auto import tqdm
 
-    from bigmodel_cli.kernels import classify_from_first_token
-
-    classify_from_first_token(model)  # a BERT classifier's last layer for [CLS] only: the same logits
+    was_training = model.training
     model.eval()
     keys = [k for k in ("input_ids", "token_type_ids", "attention_mask") if k in features[0]]
     columns = read_columns(features, keys)
@@ -98,6 +66,7 @@ def predict_logits(model, tokenizer, features, batch_size: int = 32, progress: b
         if pool:
             pool.shutdown()
             torch.set_num_threads(intra)
+        model.train(was_training)
     bar.close()
     result = np.empty_like(out)
     result[order] = out
@@ -172,8 +141,101 @@ def eval_threads(device, batches: int) -> int:
     return max(1, min(wanted, batches))
 
 
-def perplexity(loss: float) -> float:
-    try:
-        return math.exp(loss)
-    except OverflowError:
-        return float("inf")
+def evaluate_classifier(model, tokenizer, features, task: Task, batch_size: int = 128,
+                        progress: bool = False) -> dict[str, float]:
+    """`eval_loss`, the task's metrics and (classes) the confusion matrix of tokenized examples."""
+    logits = predict_logits(model, tokenizer, features, batch_size, progress)
+    labels = np.asarray(read_columns(features, ["label"])["label"])
+    scores = {f"eval_{k}": v for k, v in score_logits(logits, labels, task.metrics, task.is_regression).items()}
+    if not task.is_regression:  # rows: true label, columns: predicted
+        n = len(task.label_names)
+        matrix = np.zeros((n, n), dtype=int)
+        np.add.at(matrix, (labels.astype(int), logits.argmax(axis=-1)), 1)
+        scores["eval_confusion_matrix"] = matrix.tolist()
+        scores["eval_label_names"] = list(task.label_names)
+    return scores
+
+
+def trainer_metrics(task: Task):
+    """Trainer's `compute_metrics` for the task: the per-epoch evaluations that pick the best epoch."""
+
+    def compute(prediction):
+        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
+        predictions = logits.reshape(-1) if task.is_regression else np.argmax(logits, axis=-1)
+        scores = task_metrics(task.metrics, predictions, prediction.label_ids)
+        scores["examples"] = len(prediction.label_ids)  # gathered from every process, each example once
+        return scores
+
+    return compute
+
+
+def input_columns(config, first: dict, path) -> list[str]:
+    """The columns of a file to predict that hold the model's inputs: those it was trained on,
+    else as `reader.detect_text_columns` finds them."""
+    wanted = list(getattr(config, "text_columns", None) or [])
+    if wanted and all(c in first for c in wanted):
+        return wanted
+    found = detect_text_columns([first], exclude=LABEL_COLUMNS, count=len(wanted) or 2)
+    if not found:
+        raise BigmodelError(f"--input-file {path}: no text column found (have {', '.join(first)})")
+    return found
+
+
+def predict_rows(model, tokenizer, rows: list[dict], columns: list[str], batch_size: int) -> list[dict]:
+    """One record per row: its inputs, the predicted `label` and `probabilities` (or `score`)."""
+    texts = [[str(r.get(c, "")) for r in rows] for c in columns]
+    encoded = tokenizer(*texts, truncation=True)
+    features = [{k: encoded[k][i] for k in encoded} for i in range(len(rows))]
+    logits = predict_logits(model, tokenizer, features, batch_size)
+    out = []
+    regression = model.config.problem_type == "regression"
+    for i, row in enumerate(rows):
+        record = {c: row.get(c) for c in columns}
+        if regression:
+            record["score"] = float(logits[i][0])
+        else:
+            z = logits[i] - logits[i].max()
+            p = np.exp(z) / np.exp(z).sum()
+            record["label"] = model.config.id2label[int(p.argmax())]
+            record["probabilities"] = {model.config.id2label[j]: round(float(v), 6) for j, v in enumerate(p)}
+        out.append(record)
+    return out
+
+
+def write_predictions(model, tokenizer, path: Path, output: str | None, batch_size: int, progress: bool) -> int:
+    """Stream `path` through a loaded classifier, CHUNK examples at a time, into JSON lines at
+    `output` (or stdout). Returns the number of examples."""
+    from tqdm.auto import tqdm
+
+    rows = (row for _, row in iter_rows(Path(path), "--input-file"))
+    first = next(rows, None)
+    if first is None:
+        raise BigmodelError(f"--input-file {path} has no examples")
+    columns = input_columns(model.config, first, path)
+    count = 0
+    with sink(output) as out, tqdm(desc="predicting", unit="ex", disable=not progress) as bar:
+        chunk = [first]
+        for row in rows:
+            chunk.append(row)
+            if len(chunk) == CHUNK:
+                count += _flush(model, tokenizer, chunk, columns, batch_size, out, bar)
+                chunk = []
+        count += _flush(model, tokenizer, chunk, columns, batch_size, out, bar) if chunk else 0
+    return count
+
+
+@contextmanager
+def sink(output: str | None):
+    """The output file (closed afterwards), or stdout (left open)."""
+    if output is None:
+        yield sys.stdout
+        return
+    with open(output, "w", encoding="utf-8") as f:
+        yield f
+
+
+def _flush(model, tokenizer, chunk, columns, batch_size, out, bar) -> int:
+    for record in predict_rows(model, tokenizer, chunk, columns, batch_size):
+        out.write(json.dumps(record, ensure_ascii=False) + "\n")
+    bar.update(len(chunk))
+    return len(chunk)

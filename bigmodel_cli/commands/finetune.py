@@ -3,27 +3,54 @@
 from __future__ import annotations
 
 import shlex
+import statistics
 import sys
 from pathlib import Path
 
-from bigmodel_cli.errors import BigmodelError
-from bigmodel_cli.files import check_text_file
-from bigmodel_cli.glue import Task, encode
-from bigmodel_cli.kernels import classify_from_first_token, use_fast_dropout
-from bigmodel_cli.models import load_tokenizer, model_error, resolve_model_path
-from bigmodel_cli.recipe import FinetuneRecipe, dump_recipe
-from bigmodel_cli.rundir import RECIPE_FILE, clean_metrics, shown, write_json, write_model_card
-from bigmodel_cli.scoring import predict_logits, read_columns, score_logits, task_metrics
-from bigmodel_cli.training import CountingTrainer, GracefulStop, RunHeader, training_arguments
+from bigmodel_cli.console import say, setup, shown, summary
+from bigmodel_cli.recipe import RECIPE_FILE, FinetuneRecipe, dump_recipe, list_recipes, load_recipe, recipe_name
+from bigmodel_cli.rundir import clean_metrics, open_run, write_json, write_model_card
+
+
+def command(task: str | None, flags: dict, recipe: str | None, output_dir: Path | None, overrides: list[str] | None,
+            seeds: int, overwrite: bool, quiet: bool) -> None:
+    """The command line's `finetune`: `flags` are the recipe keys its options set (None: unset)."""
+    setup(quiet)
+    if recipe is None:
+        shipped = f"finetune/{task.lower()}" if task else "finetune/custom"
+        recipe = shipped if shipped in list_recipes() else "finetune/custom"
+    loaded, _ = load_recipe("finetune", recipe, flags={"data.task": task.lower() if task else None, **flags},
+                            overrides=overrides)
+    if flags.get("data.train_file"):  # your own files: a recipe's GLUE task does not apply
+        loaded.data.task = None
+    data = loaded.data
+    default_name = data.task or (Path(data.train_file).stem if data.train_file else recipe_name(recipe))
+    run_dir = output_dir or Path("runs") / default_name
+    if seeds > 1:
+        run_seeds(loaded, run_dir, seeds, overwrite, quiet)
+        return
+    metrics = run(loaded, run_dir, open_run(run_dir, loaded, overwrite), quiet)
+    keys = ["train_samples", "eval_samples", "train_runtime", "train_samples_per_second", "best_checkpoint"]
+    keys += [k for k in metrics if k.startswith("eval_") and isinstance(metrics[k], float)]
+    summary(f"finetune {data.task or 'custom'}", metrics, run_dir, quiet, keys)
 
 
 def run(recipe: FinetuneRecipe, run_dir: Path, resume_from: Path | None = None, quiet: bool = False) -> dict:
     """Data, tokenizer, model, train with an evaluation per epoch, keep the best, score, save."""
     from transformers import DataCollatorWithPadding, set_seed
 
-    from bigmodel_cli.labelled import load_splits
+    from bigmodel_cli.classification.data import encode, load_splits
+    from bigmodel_cli.classification.inference import evaluate_classifier, trainer_metrics, write_predictions
+    from bigmodel_cli.classification.model import check_lengths, load_classifier
+    from bigmodel_cli.files import check_text_file
+    from bigmodel_cli.kernels import classify_from_first_token, use_fast_dropout
+    from bigmodel_cli.models import load_tokenizer
+    from bigmodel_cli.seeds import derive_seed
+    from bigmodel_cli.trainer.arguments import training_arguments
+    from bigmodel_cli.trainer.callbacks import GracefulStop, RunHeader
+    from bigmodel_cli.trainer.trainer import CountingTrainer
 
-    set_seed(recipe.training.seed)  # before the model: the new classifier head's init is seeded too
+    set_seed(derive_seed(recipe.training.seed, "init"))  # before the model: the new head's init is seeded too
     task, raw = load_splits(recipe.data)
     tokenizer = load_tokenizer(recipe.model.name_or_path, recipe.model.trust_remote_code)
     model = load_classifier(recipe, task)
@@ -31,7 +58,7 @@ def run(recipe: FinetuneRecipe, run_dir: Path, resume_from: Path | None = None, 
     classify_from_first_token(model)  # the last layer for [CLS] only: the same logits, 14 % less work
     check_lengths(recipe, model, tokenizer)
     tokenizer.model_max_length = recipe.data.max_seq_length  # eval and predict truncate the same way
-    args = training_arguments(recipe.training, run_dir, quiet, **best_epoch_arguments(recipe, task),
+    args = training_arguments(recipe.training, run_dir, quiet, **best_epoch_arguments(recipe, task.best_metric),
                               train_sampling_strategy="group_by_length")
     with args.main_process_first(local=False, desc="tokenizing"):
         train, validation = encode(raw["train"], tokenizer), encode(raw["validation"], tokenizer)
@@ -63,95 +90,49 @@ def run(recipe: FinetuneRecipe, run_dir: Path, resume_from: Path | None = None, 
         write_json(run_dir / "metrics.json", clean_metrics(metrics))
         card(run_dir, recipe, task, metrics)
         if recipe.data.test_file:  # with the model in hand: no reload from the run directory
-            from bigmodel_cli.predict import write_predictions
-
             write_predictions(trainer.model, tokenizer, check_text_file(recipe.data.test_file, "data.test_file"),
                               str(run_dir / "test_predictions.jsonl"), recipe.training.per_device_eval_batch_size,
                               progress=not quiet)
     return metrics
 
 
-def load_classifier(recipe: FinetuneRecipe, task: Task):
-    from transformers import AutoModelForSequenceClassification
-
-    path = resolve_model_path(recipe.model.name_or_path)
-    labels = task.label_names or ("score",)
-    try:
-        model = AutoModelForSequenceClassification.from_pretrained(
-            path,
-            num_labels=len(labels),
-            id2label=dict(enumerate(labels)),
-            label2id={name: i for i, name in enumerate(labels)},
-            problem_type="regression" if task.is_regression else "single_label_classification",
-            ignore_mismatched_sizes=True,  # a checkpoint with another head gets a fresh one
-            use_safetensors=True,  # never unpickle weights: a .bin file can run code
-            trust_remote_code=recipe.model.trust_remote_code,
-        )
-    except Exception as e:
-        raise model_error(recipe.model.name_or_path, e) from None
-    model.config.finetuning_task = task.name  # eval and predict find the task here
-    model.config.text_columns = list(task.text_columns)  # and the columns that hold the inputs
-    return model
-
-
-def check_lengths(recipe: FinetuneRecipe, model, tokenizer) -> None:
-    limit = getattr(model.config, "max_position_embeddings", None)
-    if limit and recipe.data.max_seq_length > limit:
-        raise BigmodelError(
-            f"data.max_seq_length {recipe.data.max_seq_length} is above the model's "
-            f"max_position_embeddings {limit}; set data.max_seq_length to at most {limit}"
-        )
-    if len(tokenizer) > model.config.vocab_size:
-        raise BigmodelError(
-            f"the tokenizer of {recipe.model.name_or_path} has {len(tokenizer)} tokens but the model only "
-            f"{model.config.vocab_size} embeddings: tokenizer and model do not belong together"
-        )
+def run_seeds(recipe: FinetuneRecipe, run_dir: Path, count: int, overwrite: bool, quiet: bool) -> dict:
+    """One run per seed in run_dir/seed-N, then the mean and standard deviation of every metric
+    in run_dir/seeds_summary.json (MRPC results move by points between seeds)."""
+    first = recipe.training.seed  # the user's seeds: first, first + 1, ... (each derives its own streams)
+    per_seed = {}
+    for seed in range(first, first + count):
+        one = recipe.model_copy(deep=True)
+        one.training.seed = seed
+        seed_dir = run_dir / f"seed-{seed}"
+        per_seed[seed] = run(one, seed_dir, open_run(seed_dir, one, overwrite), quiet)
+    keys = [k for k, v in per_seed[first].items() if k.startswith("eval_") and isinstance(v, float)]
+    result = {"seeds": list(per_seed), "runs": [str(run_dir / f"seed-{s}") for s in per_seed]}
+    for key in keys:
+        values = [m[key] for m in per_seed.values()]
+        result[key] = {"mean": statistics.fmean(values), "std": statistics.stdev(values), "values": values}
+    write_json(run_dir / "seeds_summary.json", result)
+    if not quiet:
+        for key in keys:
+            say(f"{key:28s} {result[key]['mean']:.4f} +- {result[key]['std']:.4f}  over seeds {result['seeds']}")
+        say(f"per-seed runs and seeds_summary.json in {run_dir}")
+    return result
 
 
-def best_epoch_arguments(recipe: FinetuneRecipe, task: Task) -> dict:
+def best_epoch_arguments(recipe: FinetuneRecipe, best_metric: str) -> dict:
     """Keep the best evaluation's model (by the task's main metric) rather than the last."""
     if recipe.training.eval_strategy == "no":
         return {}
     return {
         "load_best_model_at_end": True,
-        "metric_for_best_model": f"eval_{task.best_metric}",
+        "metric_for_best_model": f"eval_{best_metric}",
         "greater_is_better": True,
         "save_strategy": recipe.training.eval_strategy,
         "save_steps": recipe.training.eval_steps or recipe.training.save_steps,
     }
 
 
-def trainer_metrics(task: Task):
-    import numpy as np
-
-    def compute(prediction):
-        logits = prediction.predictions[0] if isinstance(prediction.predictions, tuple) else prediction.predictions
-        predictions = logits.reshape(-1) if task.is_regression else np.argmax(logits, axis=-1)
-        scores = task_metrics(task.metrics, predictions, prediction.label_ids)
-        scores["examples"] = len(prediction.label_ids)  # gathered from every process, each example once
-        return scores
-
-    return compute
-
-
-def evaluate_classifier(model, tokenizer, features, task: Task, batch_size: int = 128,
-                        progress: bool = False) -> dict[str, float]:
-    """`eval_loss` and the task's metrics; `bigmodel eval` calls this same function."""
-    import numpy as np
-
-    logits = predict_logits(model, tokenizer, features, batch_size, progress)
-    labels = np.asarray(read_columns(features, ["label"])["label"])
-    scores = {f"eval_{k}": v for k, v in score_logits(logits, labels, task.metrics, task.is_regression).items()}
-    if not task.is_regression:  # rows: true label, columns: predicted
-        n = len(task.label_names)
-        matrix = np.zeros((n, n), dtype=int)
-        np.add.at(matrix, (labels.astype(int), logits.argmax(axis=-1)), 1)
-        scores["eval_confusion_matrix"] = matrix.tolist()
-        scores["eval_label_names"] = list(task.label_names)
-    return scores
-
-
-def card(run_dir: Path, recipe: FinetuneRecipe, task: Task, metrics: dict) -> None:
+def card(run_dir: Path, recipe: FinetuneRecipe, task, metrics: dict) -> None:
     data = recipe.data.data_dir or recipe.data.train_file or "nyu-mll/glue"
     main = metrics.get(f"eval_{task.best_metric}")
     write_model_card(

@@ -10,8 +10,8 @@ from __future__ import annotations
 import json
 from pathlib import Path
 
+from bigmodel_cli.console import shown
 from bigmodel_cli.errors import BigmodelError
-from bigmodel_cli.rundir import shown
 
 
 def load_run(run_dir: Path) -> dict:

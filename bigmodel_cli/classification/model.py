@@ -1,0 +1,56 @@
+"""The classifier model: a checkpoint with a fresh head for a task, or a saved classifier as it is."""
+
+from __future__ import annotations
+
+from bigmodel_cli.classification.tasks import Task
+from bigmodel_cli.errors import BigmodelError
+from bigmodel_cli.models import model_error, resolve_model_path
+from bigmodel_cli.recipe import FinetuneRecipe
+
+
+def load_classifier(recipe: FinetuneRecipe, task: Task):
+    """The recipe's model with a head for `task` (a checkpoint with another head gets a fresh one)."""
+    from transformers import AutoModelForSequenceClassification
+
+    path = resolve_model_path(recipe.model.name_or_path)
+    labels = task.label_names or ("score",)
+    try:
+        model = AutoModelForSequenceClassification.from_pretrained(
+            path,
+            num_labels=len(labels),
+            id2label=dict(enumerate(labels)),
+            label2id={name: i for i, name in enumerate(labels)},
+            problem_type="regression" if task.is_regression else "single_label_classification",
+            ignore_mismatched_sizes=True,  # a checkpoint with another head gets a fresh one
+            use_safetensors=True,  # never unpickle weights: a .bin file can run code
+            trust_remote_code=recipe.model.trust_remote_code,
+        )
+    except Exception as e:
+        raise model_error(recipe.model.name_or_path, e) from None
+    model.config.finetuning_task = task.name  # eval and predict find the task here
+    model.config.text_columns = list(task.text_columns)  # and the columns that hold the inputs
+    return model
+
+
+def load_saved_classifier(model_dir: str):
+    """A saved classifier (a finetune run, or any sequence-classification checkpoint), safetensors only."""
+    from transformers import AutoModelForSequenceClassification
+
+    try:
+        return AutoModelForSequenceClassification.from_pretrained(resolve_model_path(model_dir), use_safetensors=True)
+    except Exception as e:
+        raise model_error(model_dir, e) from None
+
+
+def check_lengths(recipe: FinetuneRecipe, model, tokenizer) -> None:
+    limit = getattr(model.config, "max_position_embeddings", None)
+    if limit and recipe.data.max_seq_length > limit:
+        raise BigmodelError(
+            f"data.max_seq_length {recipe.data.max_seq_length} is above the model's "
+            f"max_position_embeddings {limit}; set data.max_seq_length to at most {limit}"
+        )
+    if len(tokenizer) > model.config.vocab_size:
+        raise BigmodelError(
+            f"the tokenizer of {recipe.model.name_or_path} has {len(tokenizer)} tokens but the model only "
+            f"{model.config.vocab_size} embeddings: tokenizer and model do not belong together"
+        )

@@ -1,0 +1,79 @@
+"""`bigmodel eval`: a saved model's metrics on any split or file.
+
+Classifiers: `eval_loss` and the task's official metrics, through the same function finetune uses
+for its `metrics.json`, so evaluating a finetune run reproduces its dev metrics. Masked LMs:
+`eval_loss` (mean over masked tokens, fixed masks) and `perplexity`.
+"""
+
+from __future__ import annotations
+
+import json
+
+from bigmodel_cli.console import setup, shown
+from bigmodel_cli.errors import BigmodelError
+from bigmodel_cli.models import load_tokenizer, model_error, resolve_model_path
+from bigmodel_cli.recipe import FinetuneRecipe, LabelledDataSection, PretrainRecipe, read_saved_recipe
+
+
+def command(model: str, task: str | None, split: str, data_dir: str | None, data_file: str | None, batch_size: int,
+            as_json: bool) -> None:
+    setup(True)
+    if task and task.lower() == "mlm":
+        metrics = evaluate_mlm_on(model, data_file, batch_size)
+    else:
+        metrics = evaluate_classifier_on(model, task, split, data_dir, data_file, batch_size)
+    if as_json:
+        print(json.dumps(metrics, sort_keys=True))
+    else:
+        for key, value in sorted(metrics.items()):
+            print(f"{key:24s} {shown(value)}")
+
+
+def evaluate_classifier_on(model_dir: str, task_name: str | None, split: str, data_dir: str | None,
+                           data_file: str | None, batch_size: int) -> dict:
+    from bigmodel_cli.classification.data import encode, load_eval_file, load_glue
+    from bigmodel_cli.classification.inference import evaluate_classifier
+    from bigmodel_cli.classification.model import load_saved_classifier
+    from bigmodel_cli.classification.tasks import task_from_model
+    from bigmodel_cli.kernels import classify_from_first_token
+
+    model = load_saved_classifier(model_dir)
+    classify_from_first_token(model)  # a BERT classifier's last layer for [CLS] only: the same logits
+    tokenizer = load_tokenizer(model_dir)
+    task = task_from_model(model.config, task_name)
+    if data_file:
+        saved: FinetuneRecipe | None = read_saved_recipe(model_dir, "finetune")
+        columns = saved.data.model_dump(include={"text_column", "text_pair_column", "label_column"}) if saved else {}
+        data = load_eval_file(task, data_file, LabelledDataSection(train_file=data_file, **columns))
+    elif task.name == "custom":
+        raise BigmodelError(f"model {model_dir} was trained on your own files: give --data-file")
+    else:
+        data = load_glue(task, split, data_dir)
+    if "label" not in data.column_names:
+        raise BigmodelError(f"the {split} data has no labels (GLUE's test files hide them); use `bigmodel predict`")
+    metrics = evaluate_classifier(model, tokenizer, encode(data, tokenizer), task, batch_size)
+    metrics["eval_samples"] = len(data)
+    return metrics
+
+
+def evaluate_mlm_on(model_dir: str, data_file: str | None, batch_size: int) -> dict:
+    """Perplexity of a masked LM on a text file, with the masks and lengths of the run that made it
+    (its saved recipe), so a pretrain run's own held-out text gives its own figure."""
+    from bigmodel_cli.files import check_text_file
+    from bigmodel_cli.mlm.evaluation import score_text_file
+    from bigmodel_cli.mlm.head import SparseHeadBertForMaskedLM
+
+    if not data_file:
+        raise BigmodelError("--task mlm needs --data-file: a text file, one example per line")
+    check_text_file(data_file, "--data-file")
+    try:
+        model = SparseHeadBertForMaskedLM.from_pretrained(resolve_model_path(model_dir), use_safetensors=True)
+    except Exception as e:
+        raise model_error(model_dir, e) from None
+    tokenizer = load_tokenizer(model_dir)
+    saved: PretrainRecipe | None = read_saved_recipe(model_dir, "pretrain")
+    if saved is None:  # a model from elsewhere: its tokenizer's length, BERT's masking, the default seed
+        max_len, probability, seed = min(tokenizer.model_max_length, 512), 0.15, 42
+    else:
+        max_len, probability, seed = saved.data.max_seq_length, saved.data.mlm_probability, saved.training.seed
+    return score_text_file(model, tokenizer, data_file, max_len, probability, seed, batch_size)

@@ -1,0 +1,109 @@
+"""`bigmodel pretrain`: a BERT masked-language model from scratch on plain text, one example per line."""
+
+from __future__ import annotations
+
+import shlex
+import sys
+from pathlib import Path
+
+from bigmodel_cli.console import setup, shown, summary
+from bigmodel_cli.recipe import RECIPE_FILE, PretrainRecipe, dump_recipe, load_recipe, recipe_name
+from bigmodel_cli.rundir import clean_metrics, open_run, write_json, write_model_card
+
+SUMMARY_KEYS = ["train_samples", "train_runtime", "train_tokens_per_second", "train_loss", "eval_loss", "perplexity",
+                "model_parameters"]
+
+
+def command(recipe: str, output_dir: Path | None, overrides: list[str] | None, overwrite: bool, quiet: bool) -> None:
+    """The command line's `pretrain`: recipe, run directory (resuming an unfinished run), run, summary."""
+    setup(quiet)
+    loaded, _ = load_recipe("pretrain", recipe, overrides=overrides)
+    run_dir = output_dir or Path("runs") / recipe_name(recipe)
+    resume = open_run(run_dir, loaded, overwrite)
+    metrics = run(loaded, run_dir, resume, quiet)
+    summary("pretrain", metrics, run_dir, quiet, SUMMARY_KEYS)
+
+
+def run(recipe: PretrainRecipe, run_dir: Path, resume_from: Path | None = None, quiet: bool = False) -> dict:
+    """Tokenizer, data, model, train, evaluate, save; returns the metrics written to metrics.json."""
+    from transformers import set_seed
+
+    from bigmodel_cli.kernels import use_fast_dropout
+    from bigmodel_cli.mlm.evaluation import perplexity
+    from bigmodel_cli.mlm.head import SparseHeadBertForMaskedLM, bert_config
+    from bigmodel_cli.mlm.masking import MLMCollator
+    from bigmodel_cli.mlm.text import load_corpus, tokenize_corpus
+    from bigmodel_cli.mlm.tokenizer import get_tokenizer
+    from bigmodel_cli.mlm.trainer import MLMTrainer
+    from bigmodel_cli.seeds import derive_seed
+    from bigmodel_cli.trainer.arguments import training_arguments
+    from bigmodel_cli.trainer.callbacks import GracefulStop, RunHeader, TimeBudget
+
+    args = training_arguments(recipe.training, run_dir, quiet, prediction_loss_only=True,
+                              remove_unused_columns=False)
+    seed = recipe.training.seed
+    set_seed(derive_seed(seed, "init"))
+    # local=False: the global main process first, then the rest, which reuse its tokenizer from the
+    # run directory (on every machine the same folder: a shared filesystem, as Trainer's checkpoints need).
+    with args.main_process_first(local=False, desc="tokenizer and data"):
+        raw = load_corpus(recipe)
+        tokenizer = get_tokenizer(recipe, raw["train"], run_dir)
+        train_rows, eval_rows = tokenize_corpus(recipe, tokenizer, raw)
+    model = SparseHeadBertForMaskedLM(bert_config(recipe, tokenizer))
+    use_fast_dropout(model)
+    stop = GracefulStop()
+    budget = TimeBudget(recipe.training.time_budget) if recipe.training.time_budget else None
+    header = RunHeader("pretrain", f"train {len(raw['train'])} lines in {len(train_rows)} sequences, "
+                       f"eval {len(raw['validation'])} lines", quiet, budget)
+    probability = recipe.data.mlm_probability
+    trainer = MLMTrainer(
+        model=model,
+        args=args,
+        train_dataset=train_rows,
+        eval_dataset=eval_rows,
+        data_collator=MLMCollator(tokenizer, probability, seed),
+        eval_data_collator=MLMCollator(tokenizer, probability, seed, stream="held_out_masks"),
+        pad_token_id=tokenizer.pad_token_id,
+        budget=budget,
+        callbacks=[header, stop, budget] if budget else [header, stop],  # before the progress bar
+    )
+    if args.process_index == 0:
+        dump_recipe(recipe, run_dir / RECIPE_FILE, f"bigmodel pretrain: {shlex.join(sys.argv[1:])}")
+    metrics = trainer.train_and_measure(resume_from, stop)
+    metrics["train_rows_per_second"] = metrics["train_samples_per_second"]  # packed sequences
+    metrics["train_samples_per_second"] = metrics["train_examples_per_second"]  # lines: the examples
+    metrics.update(trainer.evaluate())
+    metrics["perplexity"] = perplexity(metrics["eval_loss"])
+    metrics["train_samples"] = len(raw["train"])
+    metrics["eval_samples"] = len(raw["validation"])
+    metrics["model_parameters"] = model.num_parameters()
+    if trainer.is_world_process_zero():
+        save(model, tokenizer, run_dir, clean_metrics(metrics), recipe)
+        trainer.save_state()  # trainer_state.json: the log history `bigmodel report` plots
+    return metrics
+
+
+def save(model, tokenizer, run_dir: Path, metrics: dict, recipe: PretrainRecipe) -> None:
+    """The model as a plain `BertForMaskedLM` (safetensors), tokenizer, metrics, model card."""
+    from transformers import BertForMaskedLM
+
+    plain = BertForMaskedLM(model.config)
+    plain.load_state_dict(model.state_dict())
+    plain.save_pretrained(str(run_dir))
+    tokenizer.model_max_length = recipe.data.max_seq_length
+    tokenizer.save_pretrained(str(run_dir))
+    write_json(run_dir / "metrics.json", metrics)
+    write_model_card(
+        run_dir,
+        title=f"BERT masked LM ({recipe.model.num_hidden_layers} layers, {recipe.model.hidden_size} hidden)",
+        summary=(
+            f"A BERT masked-language model pretrained from scratch with bigmodel on "
+            f"{', '.join(recipe.data.train_files) or recipe.data.dataset_name}. Held-out perplexity "
+            f"{shown(metrics['perplexity'], 2)}."
+        ),
+        metrics=metrics,
+        command=f"bigmodel pretrain {shlex.join(sys.argv[2:] if len(sys.argv) > 2 else [])}",
+        load_class="AutoModelForMaskedLM",
+        tags=["fill-mask"],
+        datasets=[recipe.data.dataset_name] if recipe.data.dataset_name else [],
+    )

@@ -1,0 +1,84 @@
+"""Held-out masked-LM loss: per masked token over the whole set, with fixed masks.
+
+`bigmodel eval --task mlm` and pretraining's own evaluation (`MLMTrainer.evaluation_loop`) both
+sum through `masked_loss_sums`, so the two give the same figure for the same text and masks.
+"""
+
+from __future__ import annotations
+
+import math
+from pathlib import Path
+
+import torch
+
+from bigmodel_cli.errors import BigmodelError
+
+
+def perplexity(loss: float) -> float:
+    try:
+        return math.exp(loss)
+    except OverflowError:
+        return float("inf")
+
+
+def masked_loss_sums(model, collator, rows, batches, counted: int | None = None, prepare=None, on_batch=None) -> torch.Tensor:
+    """[summed loss, masked-token count] (float64) over the batches of row indices `batches`, of
+    which only the first `counted` add up (the others are forward passes that a sharded model,
+    FSDP or DeepSpeed ZeRO-3, needs every process to take part in).
+
+    The held-out loss is the first over the second: per masked token over the whole set, so it does
+    not move with the batch size or the process count (Trainer's own loop averages per-batch means,
+    weighted by rows). The masks are the collator's, fixed per example."""
+    total = torch.zeros(2, dtype=torch.float64)
+    counted = len(batches) if counted is None else counted
+    with torch.inference_mode():
+        for k, indices in enumerate(batches):
+            batch = collator([rows[i] for i in indices])
+            batch = prepare(batch) if prepare else batch
+            loss = model(**batch, num_items_in_batch=1).loss  # summed over the masked tokens
+            if k < counted:
+                total += torch.stack([loss.detach().double().cpu(), (batch["labels"] != -100).sum().double().cpu()])
+            if on_batch:
+                on_batch()
+    return total
+
+
+def batched(indices, size: int) -> list[list[int]]:
+    indices = list(indices)
+    return [indices[i : i + size] for i in range(0, len(indices), size)]
+
+
+def process_share(rows: int, rank: int, world: int, size: int) -> tuple[list[list[int]], int]:
+    """Process `rank`'s batches of an evaluation over `rows` rows, and how many of them count.
+
+    Every world-th row from `rank` on, so each row is scored once over all processes; then repeats
+    of row 0 that count nothing, so that every process runs as many forward passes as process 0."""
+    batches = batched(range(rank, rows, world), size)
+    counted = len(batches)
+    busiest = -(-rows // world)  # process 0's rows: the most
+    return batches + [[0]] * (-(-busiest // size) - counted), counted
+
+
+def score_text_file(model, tokenizer, data_file: str | Path, max_seq_length: int, mlm_probability: float, seed: int,
+                    batch_size: int) -> dict:
+    """Held-out loss and perplexity of a masked LM on a text file, one example per line, packed as
+    pretraining packs them and masked with the held-out masks of a run seeded `seed`."""
+    from datasets import load_dataset
+
+    from bigmodel_cli.mlm.masking import MLMCollator
+    from bigmodel_cli.mlm.text import packed_dataset, tokenize_lines
+
+    lines = load_dataset("text", data_files={"eval": str(data_file)})["eval"].filter(lambda r: bool(r["text"].strip()))
+    if len(lines) == 0:
+        raise BigmodelError(f"--data-file {data_file} has no non-blank lines")
+    rows = packed_dataset(tokenize_lines(lines, tokenizer, max_seq_length), max_seq_length, packing=True)
+    collator = MLMCollator(tokenizer, mlm_probability, seed, stream="held_out_masks")
+    was_training = model.training
+    model.eval()
+    try:
+        total, count = masked_loss_sums(model, collator, rows, batched(range(len(rows)), batch_size)).tolist()
+    finally:
+        model.train(was_training)
+    count = int(count)
+    loss = total / max(count, 1)
+    return {"eval_loss": loss, "perplexity": perplexity(loss), "eval_samples": len(lines), "eval_masked_tokens": count}

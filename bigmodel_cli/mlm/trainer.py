@@ -1,0 +1,67 @@
+"""`MLMTrainer`: `CountingTrainer` with masked-LM evaluation and a schedule laid over a time budget."""
+
+from __future__ import annotations
+
+from bigmodel_cli.mlm.evaluation import masked_loss_sums, process_share
+from bigmodel_cli.mlm.masking import EpochToCollator
+from bigmodel_cli.trainer.callbacks import BudgetProgress, TimeBudget, budget_schedule
+from bigmodel_cli.trainer.trainer import CountingTrainer
+
+
+class MLMTrainer(CountingTrainer):
+    """Evaluates with its own collator (fixed masks, so held-out perplexity is comparable between
+    epochs and runs) and, with a time budget, lays the learning-rate schedule over the budget."""
+
+    def __init__(self, *args, eval_data_collator=None, budget: TimeBudget | None = None, **kwargs):
+        super().__init__(*args, **kwargs)
+        if budget is not None and not self.args.disable_tqdm:  # a bar in seconds, not in unknown steps
+            from transformers.trainer_callback import ProgressCallback
+
+            self.remove_callback(ProgressCallback)
+            self.add_callback(BudgetProgress(budget))
+        self.eval_data_collator = eval_data_collator
+        self.budget = budget
+        self.add_callback(EpochToCollator(self.data_collator))
+
+    def get_eval_dataloader(self, eval_dataset=None):
+        train_collator, self.data_collator = self.data_collator, self.eval_data_collator
+        try:
+            return super().get_eval_dataloader(eval_dataset)
+        finally:
+            self.data_collator = train_collator
+
+    def evaluation_loop(self, dataloader, description, prediction_loss_only=None, ignore_keys=None,
+                        metric_key_prefix="eval"):
+        """The held-out loss per masked token over the whole set, the figure `bigmodel eval` gives.
+        Each process scores every world_size-th sequence (none twice, unlike Accelerate's evenly
+        filled shards) and one all-reduce adds the sums. Every process runs as many batches as the
+        busiest one (the extra ones count nothing), as a sharded model's forward needs them all."""
+        from transformers.trainer_utils import EvalLoopOutput
+
+        rows, world = dataloader.dataset, max(self.args.world_size, 1)
+        size = self.args.per_device_eval_batch_size
+        batches, counted = process_share(len(rows), self.args.process_index, world, size)
+        self.callback_handler.eval_dataloader = batches  # the progress bar's length
+        model = self._wrap_model(self.model, training=False)  # as Trainer's loop: FSDP's wrapper, DDP's module
+        was_training = model.training
+        model.eval()
+        try:
+            with self.autocast_smart_context_manager():
+                total = masked_loss_sums(
+                    model, self.eval_data_collator, rows, batches, counted, prepare=self._prepare_inputs,
+                    on_batch=lambda: setattr(self, "control", self.callback_handler.on_prediction_step(
+                        self.args, self.state, self.control)))
+        finally:
+            model.train(was_training)
+        if world > 1:
+            total = self.accelerator.reduce(total.to(self.args.device), reduction="sum").cpu()
+        loss_sum, count = total.tolist()
+        metrics = {f"{metric_key_prefix}_loss": loss_sum / max(count, 1), f"{metric_key_prefix}_masked_tokens": int(count)}
+        return EvalLoopOutput(predictions=None, label_ids=None, metrics=metrics, num_samples=len(rows))
+
+    def create_scheduler(self, num_training_steps: int, optimizer=None):
+        if self.budget is None:
+            return super().create_scheduler(num_training_steps, optimizer)
+        warmup = self.args.warmup_steps if self.args.warmup_steps < 1 else 0.0
+        self.lr_scheduler = budget_schedule(optimizer or self.optimizer, self.budget, warmup)
+        return self.lr_scheduler

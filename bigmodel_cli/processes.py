@@ -1,0 +1,53 @@
+"""Where this process stands among the processes of a launch: rank, world size, collectives, exit.
+
+Accelerate and torchrun describe a launch in the environment (`RANK`, `WORLD_SIZE`); a plain
+`bigmodel pretrain` is rank 0 of 1. Everything that asks "am I the main process?" asks here.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+
+
+def rank() -> int:
+    """This process's global rank (0 when not launched)."""
+    return int(os.environ.get("RANK", "0"))
+
+
+def world_size() -> int:
+    """Processes in the launch, all machines together (1 when not launched)."""
+    return max(int(os.environ.get("WORLD_SIZE", "1")), 1)
+
+
+def is_main() -> bool:
+    return rank() == 0
+
+
+def distributed():
+    """`torch.distributed` when a process group is up, else None."""
+    import torch
+
+    if torch.distributed.is_available() and torch.distributed.is_initialized():
+        return torch.distributed
+    return None
+
+
+def summed_over_processes(*values: float) -> list[float]:
+    """Each value summed over all processes (as is, in a single process)."""
+    import torch
+
+    totals = torch.tensor(values, dtype=torch.float64)
+    group = distributed()
+    if group is not None:
+        group.all_reduce(totals)
+    return totals.tolist()
+
+
+def leave_process_group() -> None:
+    """Under `bigmodel launch`, leave the gloo/NCCL group before the interpreter shuts down: gloo's
+    worker threads still alive at finalization abort the process ("terminate called without an
+    active exception", exit -6) after a run that finished and saved."""
+    torch = sys.modules.get("torch")  # never imported by --help or a bad flag: nothing to leave
+    if torch is not None and torch.distributed.is_available() and torch.distributed.is_initialized():
+        torch.distributed.destroy_process_group()
