@@ -131,12 +131,12 @@ def side_process(ours: bool) -> ProcessPoolExecutor:
 # ---------------------------------------------------------------------------------------------
 def finetune_ours(mrpc: Path, work: Path, overrides: list[str]):
     """Trains; returns its figures and a function that evaluates the saved model once (samples/s)."""
-    from bigmodel_cli.commands import finetune
+    from bigmodel_cli.classification import finetuning
     from bigmodel_cli.recipe import load_recipe
 
     recipe, _ = load_recipe("finetune", "finetune/mrpc", flags={"data.data_dir": str(mrpc)},
                             overrides=[*overrides, "training.report_to=[none]", "training.save_total_limit=1"])
-    metrics = finetune.run(recipe, work / "ours-finetune", quiet=True)
+    metrics = finetuning.run(recipe, work / "ours-finetune", quiet=True)
     from transformers import AutoModelForSequenceClassification
 
     from bigmodel_cli.classification.data import encode, load_glue

@@ -33,20 +33,25 @@ QuietOpt = typer.Option(False, "--quiet", "-q", help="No progress bars or summar
 
 @app.command()
 def pretrain(
-    recipe: str = typer.Option("pretrain/bert-tiny", "--recipe", "-r", help="A shipped recipe name or a YAML file."),
+    recipe: str | None = typer.Option(None, "--recipe", "-r", help="A shipped recipe name or a YAML file. Default: "
+                                      "pretrain/bert-tiny, or pretrain/continue with --model."),
+    model: str | None = typer.Option(None, "--model", "-m", help="Continue pretraining this checkpoint (folder or hub "
+                                     "id) with its own tokenizer, instead of a new BERT."),
     output_dir: Path | None = OutputOpt,
     set_: list[str] | None = SetOpt,
     overwrite: bool = OverwriteOpt,
     quiet: bool = QuietOpt,
 ) -> None:
-    """Pretrain a BERT masked-language model from scratch on plain text, one example per line.
+    """Pretrain a masked-language model on plain text, one example per line: a BERT from scratch, or
+    any encoder checkpoint continued (--model).
 
-    Trains a WordPiece tokenizer on the corpus unless the recipe names one, and reports held-out
-    perplexity. Running the same command again resumes an interrupted run.
+    From scratch it trains a WordPiece tokenizer on the corpus unless the recipe names one; a
+    continued checkpoint keeps its own. Reports held-out perplexity. Running the same command again
+    resumes an interrupted run.
     """
     from bigmodel_cli.commands import pretrain as job
 
-    job.command(recipe, output_dir, set_, overwrite, quiet)
+    job.command(recipe, model, output_dir, set_, overwrite, quiet)
 
 
 @app.command()
@@ -102,6 +107,25 @@ def launch(
     from bigmodel_cli.commands import launch as job
 
     job.command(ctx.args, num_processes, config, num_machines, machine_rank, main_process_ip, main_process_port)
+
+
+@app.command()
+def glue(
+    model: str = typer.Option(..., "--model", "-m", help="The model to fine-tune on each task: a run folder or hub id."),
+    data_dir: Path = typer.Option(..., "--data-dir", help="GLUE's download: CoLA/, SST-2/, MRPC/, STS-B/, QQP/, MNLI/, "
+                                  "QNLI/, RTE/, WNLI/ (lower-case names too)."),
+    tasks: list[str] | None = typer.Option(None, "--tasks", "-t", help="Only these tasks (repeatable). Default: every one present."),
+    seeds: int = typer.Option(1, "--seeds", min=1, help="Runs per task (seed, seed+1, ...); scores are their means."),
+    from_mnli: bool = typer.Option(False, "--from-mnli", help="Start RTE, MRPC and STS-B from the MNLI model, as BERT's paper did."),
+    output_dir: Path | None = OutputOpt,
+    set_: list[str] | None = SetOpt,
+    quiet: bool = QuietOpt,
+) -> None:
+    """Fine-tune and evaluate a model on every GLUE task present; writes glue_summary.json and a
+    Markdown table with the GLUE score. A rerun skips finished tasks and resumes the unfinished one."""
+    from bigmodel_cli.commands import glue as job
+
+    job.command(model, data_dir, tasks, seeds, output_dir, set_, from_mnli, quiet)
 
 
 @app.command("eval")

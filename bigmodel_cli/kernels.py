@@ -28,7 +28,8 @@ from functools import cache
 import torch
 from torch import nn
 
-ATTENTION = "bigmodel_sdpa"
+ATTENTION = "bigmodel_sdpa"  # on CPUs: SDPA, or in training the textbook attention with fast dropout
+DEVICE_ATTENTION = "bigmodel_sdpa_device"  # on GPUs: SDPA itself; both build masks without a host sync
 _BITS = 15
 
 
@@ -89,18 +90,50 @@ def attention(module, query, key, value, attention_mask, scaling=None, dropout: 
     return torch.matmul(weights, value).transpose(1, 2).contiguous(), None
 
 
+def mask_without_sync(*args, **kwargs):
+    """transformers' SDPA mask, always built: the stock one first asks `padding_mask.all()` to skip a
+    mask without padding, which makes the host wait for the GPU on every forward pass."""
+    from transformers.masking_utils import sdpa_mask
+
+    kwargs["allow_is_bidirectional_skip"] = False
+    return sdpa_mask(*args, **kwargs)
+
+
 def register() -> None:
     from transformers import AttentionInterface
-    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+    from transformers.masking_utils import AttentionMaskInterface
 
     AttentionInterface.register(ATTENTION, attention)
-    AttentionMaskInterface.register(ATTENTION, sdpa_mask)  # the masks SDPA takes, built as for "sdpa"
+    AttentionMaskInterface.register(ATTENTION, mask_without_sync)  # the masks SDPA takes, built as for "sdpa"
+    AttentionInterface.register(DEVICE_ATTENTION, sdpa_attention_forward)  # SDPA itself, dropout fused
+    AttentionMaskInterface.register(DEVICE_ATTENTION, mask_without_sync)
+
+
+def use_mask_without_sync(model) -> bool:
+    """On a GPU, a tested model's SDPA with its masks built without a host sync (`mask_without_sync`)."""
+    if not torch.cuda.is_available() or not tested_model(model) or getattr(model.config, "_attn_implementation", None) != "sdpa":
+        return False
+    register()
+    model.set_attn_implementation(DEVICE_ATTENTION)
+    return True
+
+
+def tested_model(model) -> bool:
+    """The model classes the fast paths are tested on (tests/test_kernels.py): BERT's masked LM (and
+    pretraining's sparse-head subclass of it) and BERT's sequence classifier, as encoders. Others
+    (causal attention, grouped-query attention, sliding windows, other families) run the stock code."""
+    from transformers import BertForMaskedLM, BertForSequenceClassification
+
+    own = type(model).__module__.startswith(("transformers.models.bert.", "bigmodel_cli."))
+    return own and isinstance(model, (BertForMaskedLM, BertForSequenceClassification)) and not model.config.is_decoder
 
 
 def use_fast_dropout(model) -> bool:
-    """On CPU, give `model` the fast dropout layers and attention (a no-op on GPU, or for a model that
-    does not use SDPA). The saved config still names plain "sdpa": the run directory loads anywhere."""
-    if torch.cuda.is_available() or getattr(model.config, "_attn_implementation", None) != "sdpa":
+    """On CPU, give a tested model (`tested_model`) the fast dropout layers and attention (a no-op on
+    GPU, for any other model, or for one that does not use SDPA). The saved config still names plain
+    "sdpa": the run directory loads anywhere."""
+    if torch.cuda.is_available() or not tested_model(model) or getattr(model.config, "_attn_implementation", None) != "sdpa":
         return False
     register()
     for module in model.modules():
@@ -108,6 +141,19 @@ def use_fast_dropout(model) -> bool:
             module.__class__ = FastDropout
     model.set_attn_implementation(ATTENTION)
     return True
+
+
+def speedups(model, first_token: bool = False) -> str:
+    """Apply the exact fast paths tested on this model's class (the first-token last layer too for
+    a classifier when `first_token`); returns what was done, one phrase for the run header."""
+    if not tested_model(model):
+        return f"stock code path ({type(model).__name__}: the fast kernels are tested on BERT only)"
+    done = ["fast dropout and attention"] if use_fast_dropout(model) else []
+    if use_mask_without_sync(model):
+        done.append("attention masks without a host sync")
+    if first_token and classify_from_first_token(model):
+        done.append("first-token last layer")
+    return "fast paths: " + (", ".join(done) if done else "none apply on this device")
 
 
 @cache  # one class, built on first use: importing this module stays free of transformers

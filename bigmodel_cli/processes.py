@@ -33,15 +33,39 @@ def distributed():
     return None
 
 
+def collective_device():
+    """Where a collective's tensors must live: the GPU under NCCL (which refuses CPU tensors), the
+    CPU under gloo."""
+    import torch
+
+    group = distributed()
+    if group is not None and group.get_backend() == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
 def summed_over_processes(*values: float) -> list[float]:
     """Each value summed over all processes (as is, in a single process)."""
     import torch
 
-    totals = torch.tensor(values, dtype=torch.float64)
     group = distributed()
-    if group is not None:
-        group.all_reduce(totals)
+    if group is None:
+        return [float(v) for v in values]
+    totals = torch.tensor(values, dtype=torch.float64, device=collective_device())
+    group.all_reduce(totals)
     return totals.tolist()
+
+
+def same_on_every_process(*values: float) -> list[float]:
+    """The main process's values, on every process (as is, in a single process)."""
+    import torch
+
+    group = distributed()
+    if group is None:
+        return [float(v) for v in values]
+    shared = torch.tensor(values, dtype=torch.float64, device=collective_device())
+    group.broadcast(shared, src=0)
+    return shared.tolist()
 
 
 def leave_process_group() -> None:

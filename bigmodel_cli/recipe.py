@@ -24,6 +24,9 @@ def recipes_dir() -> Path:
     return PACKAGED_RECIPES if PACKAGED_RECIPES.is_dir() else SOURCE_RECIPES
 
 
+BUDGET_SCHEDULES = ("linear", "cosine", "constant", "constant_with_warmup")  # laid over a time budget
+
+
 class Section(BaseModel):
     model_config = ConfigDict(extra="forbid", validate_assignment=True)
 
@@ -61,6 +64,10 @@ class TrainingSection(Section):
     dataloader_num_workers: int = Field(0, ge=0)  # background processes that collate batches
     report_to: list[str] = ["tensorboard"]  # experiment loggers: tensorboard, wandb, mlflow, none
     time_budget: float | None = Field(None, gt=0)  # seconds of training; the schedule ends at zero then
+    torch_compile: bool = False  # compile the model (torch.compile); GPU speed-up not measured yet, on CPU it was slower
+    # keep the best evaluation's model, not the last: null lets the command decide (finetune: yes when it
+    # evaluates; pretrain: no); true needs a checkpoint at every evaluation (save_strategy = eval_strategy)
+    load_best_model_at_end: bool | None = None
 
     @field_validator("eval_strategy", "save_strategy", mode="before")
     @classmethod
@@ -73,11 +80,15 @@ class TrainingSection(Section):
             raise ValueError("warmup_steps: give whole steps (e.g. 100) or a fraction below 1 (e.g. 0.1)")
         if self.max_steps == 0 or self.max_steps < -1:
             raise ValueError("max_steps: must be a positive number of steps, or -1 to use num_train_epochs")
+        if self.time_budget and self.lr_scheduler_type not in BUDGET_SCHEDULES:
+            raise ValueError(f"training.lr_scheduler_type {self.lr_scheduler_type} cannot follow training.time_budget "
+                             f"(the number of steps is unknown): choose one of {', '.join(BUDGET_SCHEDULES)}, or give "
+                             "training.max_steps instead of a time budget")
         return self
 
     def trainer_kwargs(self) -> dict[str, Any]:
         """The fields that `TrainingArguments` takes, in its own units."""
-        kwargs = self.model_dump(exclude={"time_budget", "global_batch_size"})
+        kwargs = self.model_dump(exclude={"time_budget", "global_batch_size", "load_best_model_at_end"})
         if kwargs["warmup_steps"] >= 1:
             kwargs["warmup_steps"] = int(kwargs["warmup_steps"])
         if kwargs["eval_steps"] is None:
@@ -88,9 +99,14 @@ class TrainingSection(Section):
 # --------------------------------------------------------------------------------------------
 # pretrain
 # --------------------------------------------------------------------------------------------
-class BertSection(Section):
-    """The shape of a BERT trained from scratch (`transformers.BertConfig` names)."""
+SHAPE_KEYS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size", "max_position_embeddings")
 
+
+class BertSection(Section):
+    """The shape of a BERT trained from scratch (`transformers.BertConfig` names), or the checkpoint
+    to continue (`name_or_path`), which brings its own shape and tokenizer."""
+
+    name_or_path: str | None = None  # continue pretraining this checkpoint (folder or hub id); null: from scratch
     num_hidden_layers: int = Field(2, ge=1)  # transformer blocks
     hidden_size: int = Field(128, ge=8)  # width of every block
     num_attention_heads: int = Field(2, ge=1)  # must divide hidden_size
@@ -127,6 +143,7 @@ class CorpusSection(Section):
     max_train_samples: int | None = Field(None, ge=1)  # keep only the first N lines (debugging)
     max_eval_samples: int | None = Field(None, ge=1)
     packing: bool = True  # put several lines in one sequence (block-diagonal attention, exact)
+    whole_word_masking: bool = False  # mask all pieces of a word together (WordPiece ## or byte-level BPE words)
 
     @model_validator(mode="after")
     def _has_source(self) -> CorpusSection:
@@ -143,6 +160,12 @@ class PretrainRecipe(Section):
 
     @model_validator(mode="after")
     def _fits(self) -> PretrainRecipe:
+        if self.model.name_or_path and self.tokenizer.name_or_path:
+            raise ValueError(f"tokenizer.name_or_path {self.tokenizer.name_or_path} and model.name_or_path "
+                             f"{self.model.name_or_path}: a continued checkpoint keeps its own tokenizer; remove "
+                             "tokenizer.name_or_path")
+        if self.model.name_or_path:  # the checkpoint's positions decide, checked when it loads
+            return self
         if self.data.max_seq_length > self.model.max_position_embeddings:
             raise ValueError(
                 f"data.max_seq_length {self.data.max_seq_length} is above "
@@ -169,6 +192,8 @@ class LabelledDataSection(Section):
     text_pair_column: str | None = None
     label_column: str | None = None
     max_seq_length: int = Field(128, ge=8)  # longer inputs are truncated
+    # pad training batches to a few bucket lengths, so a GPU reuses its kernels; null: on where CUDA is
+    pad_to_buckets: bool | None = None
     max_train_samples: int | None = Field(None, ge=1)  # keep the first N examples (debugging)
     max_eval_samples: int | None = Field(None, ge=1)
 

@@ -9,7 +9,9 @@ from __future__ import annotations
 import json
 import math
 import os
+import shlex
 import shutil
+import sys
 from pathlib import Path
 
 import yaml
@@ -17,20 +19,24 @@ import yaml
 from bigmodel_cli.console import say, shown
 from bigmodel_cli.errors import BigmodelError
 from bigmodel_cli.processes import is_main
-from bigmodel_cli.recipe import RECIPE_FILE, RECIPE_TYPES, Section, read_saved_recipe
+from bigmodel_cli.recipe import RECIPE_FILE, RECIPE_TYPES, Section, dump_recipe, read_saved_recipe
 
 METRICS_FILE = "metrics.json"
+PROBE = ".write-test"  # written and removed to learn that the folder is writable
 
 
 def open_run(run_dir: Path, recipe: Section, overwrite: bool) -> Path | None:
-    """The main process makes `run_dir` ready (`prepare_run_dir`); the others of a launch find the
-    checkpoint it will resume from. Returns that checkpoint, or None for a fresh start."""
+    """The main process makes `run_dir` ready (`prepare_run_dir`) and writes the resolved recipe in
+    it before anything else, so a run killed at any moment after this leaves a folder that the same
+    command resumes or starts again; the others of a launch find the checkpoint it will resume from.
+    Returns that checkpoint, or None for a fresh start."""
     if not is_main():
         found = checkpoints(run_dir) if run_dir.is_dir() and not overwrite else []
         return found[-1] if found else None
     resume = prepare_run_dir(run_dir, recipe, overwrite)
     if resume is not None:
         say(f"resuming from {resume}")
+    dump_recipe(recipe, run_dir / RECIPE_FILE, f"bigmodel {_kind(recipe)}: {shlex.join(sys.argv[1:])}")
     return resume
 
 
@@ -69,6 +75,8 @@ def prepare_run_dir(run_dir: Path, recipe: Section, overwrite: bool) -> Path | N
             raise BigmodelError(f"--output-dir {run_dir} is a file; choose a folder")
     except PermissionError:
         raise BigmodelError(f"cannot reach --output-dir {run_dir} (permission denied); choose a folder you can write") from None
+    if run_dir.is_dir() and (run_dir / PROBE).is_file():
+        (run_dir / PROBE).unlink()  # left by a run killed in the instant it probed the folder
     if run_dir.is_dir() and any(run_dir.iterdir()):
         recipe_file = run_dir / RECIPE_FILE
         if overwrite:
@@ -87,6 +95,8 @@ def prepare_run_dir(run_dir: Path, recipe: Section, overwrite: bool) -> Path | N
                 f"--output-dir {run_dir} already holds a finished run; pass --overwrite to replace it "
                 "or choose another --output-dir"
             )
+        elif {p.name for p in run_dir.iterdir()} == {RECIPE_FILE}:
+            pass  # a run that stopped before any work (bad input found after the folder was made): start afresh
         elif read_saved_recipe(run_dir, _kind(recipe)) != recipe:
             raise BigmodelError(
                 f"--output-dir {run_dir} holds an unfinished run of a different recipe; pass --overwrite "
@@ -100,7 +110,7 @@ def prepare_run_dir(run_dir: Path, recipe: Section, overwrite: bool) -> Path | N
             return found[-1] if found else None
     try:
         run_dir.mkdir(parents=True, exist_ok=True)
-        probe = run_dir / ".write-test"
+        probe = run_dir / PROBE
         probe.write_text("ok")
         probe.unlink()
     except OSError as e:

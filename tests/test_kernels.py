@@ -129,6 +129,46 @@ def test_boolean_block_mask_as_packing_builds_it():
     torch.testing.assert_close(ours, expected, rtol=0, atol=1e-5)
 
 
+def test_packed_rows_in_training_mode_match_the_stock_model():
+    """A masked LM with the fast attention and dropout, in training mode, fed packed rows as the
+    collator builds them (block-diagonal boolean masks, per-line positions, padding): the same loss,
+    logits and gradients as the stock model on the same batch."""
+    from transformers import BertForMaskedLM
+
+    from bigmodel_cli.mlm.masking import MLMCollator
+
+    class Tokenizer:
+        pad_token_id, mask_token_id, all_special_ids = 0, 4, [0, 1, 2, 3, 4]
+
+        def __len__(self):
+            return 100
+
+    config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                        hidden_dropout_prob=NO_DROP, attention_probs_dropout_prob=NO_DROP)
+    torch.manual_seed(0)
+    stock = BertForMaskedLM(config).train()
+    fast = BertForMaskedLM(config).train()
+    fast.load_state_dict(stock.state_dict())
+    assert use_fast_dropout(fast)
+
+    def line(n):
+        return [2, *torch.randint(5, 100, (n,)).tolist(), 3]
+
+    rows = [[line(9), line(5), line(3)], [line(12)], [line(4), line(6)]]
+    batch = MLMCollator(Tokenizer(), 0.3, seed=3)([{"input_ids": [t for piece in r for t in piece],
+                                                     "lengths": [len(piece) for piece in r],
+                                                     "example_ids": list(range(10 * i, 10 * i + len(r)))}
+                                                    for i, r in enumerate(rows)])
+    assert batch["attention_mask"].dim() == 4 and batch["attention_mask"].dtype == torch.bool
+    ours, theirs = fast(**batch), stock(**batch)
+    torch.testing.assert_close(ours.logits, theirs.logits, rtol=0, atol=1e-5)
+    ours.loss.backward()
+    theirs.loss.backward()
+    grads = dict(stock.named_parameters())
+    for name, parameter in fast.named_parameters():
+        torch.testing.assert_close(parameter.grad, grads[name].grad, rtol=1e-4, atol=1e-6, msg=name)
+
+
 def test_saved_model_loads_with_plain_sdpa(tmp_path):
     _, fast = pair(0.1)
     fast.save_pretrained(tmp_path)
@@ -206,3 +246,27 @@ def test_first_token_shortcut_leaves_other_models_alone():
     model = BertForMaskedLM(tiny_classifier(0.0).config)
     assert not classify_from_first_token(model)
     assert all(type(layer).__name__ == "BertLayer" for layer in model.bert.encoder.layer)
+
+
+def test_gpu_attention_builds_masks_without_a_host_sync_and_computes_what_stock_does(monkeypatch):
+    """The GPU path (SDPA itself, masks always built) checked on CPU tensors: the same logits as the
+    stock model, with and without padding, and no `padding_mask.all()` read in the forward pass."""
+    from bigmodel_cli import kernels
+
+    stock, gpu = twins(NO_DROP)
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: True)
+    assert kernels.use_mask_without_sync(gpu) and gpu.config._attn_implementation == kernels.DEVICE_ATTENTION
+    assert not kernels.use_fast_dropout(gpu)  # the CPU kernels stay off where CUDA is
+    reads = []
+    original = torch.Tensor.__bool__
+    monkeypatch.setattr(torch.Tensor, "__bool__", lambda t: reads.append(1) or original(t))
+    ids = torch.randint(5, 100, (3, 7))
+    for mask in (torch.ones(3, 7, dtype=torch.long), torch.tensor([[1] * 7, [1] * 5 + [0] * 2, [1] * 3 + [0] * 4])):
+        stock.eval()
+        gpu.eval()
+        with torch.no_grad():
+            expected = stock(input_ids=ids, attention_mask=mask).logits
+            reads.clear()
+            got = gpu(input_ids=ids, attention_mask=mask).logits
+            assert not reads
+        torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)

@@ -143,6 +143,7 @@ def test_a_saved_recipe_comes_back_as_the_same_typed_object(tmp_path, kind, name
 
 
 TIMINGS = ("_runtime", "_per_second")
+ADDED_SINCE = {"train_masked_tokens"}  # figures added after the pin (the MLM targets trained on, for MFU)
 
 
 def pinned_part(metrics: dict) -> dict:
@@ -173,7 +174,7 @@ def test_tiny_debug_metrics_are_those_pinned_before_the_redesign(tmp_path):
         got[name] = json.loads(result.stdout.strip().splitlines()[-1])
     for name, expected in pinned.items():
         now = pinned_part(got[name])
-        assert sorted(now) == sorted(expected), name
+        assert sorted(set(now) - ADDED_SINCE) == sorted(expected), name
         for key, value in expected.items():
             if isinstance(value, float):
                 assert now[key] == pytest.approx(value, rel=1e-6, abs=1e-9), (name, key)

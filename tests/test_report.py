@@ -58,6 +58,13 @@ def test_several_seeds_report_mean_and_spread(pretrained, tmp_path):
     assert summary["seeds"] == [0, 1]
     for seed in (0, 1):
         assert (run_dir / f"seed-{seed}" / "metrics.json").is_file()
-    f1 = summary["eval_f1"]
-    assert f1["mean"] == pytest.approx(sum(f1["values"]) / 2) and f1["std"] >= 0
+    import statistics
+
+    per_seed = [json.loads((run_dir / f"seed-{seed}" / "metrics.json").read_text()) for seed in (0, 1)]
+    for key in ("eval_f1", "eval_accuracy", "eval_loss"):  # the runs' own figures, their mean and spread
+        values = [m[key] for m in per_seed]
+        assert summary[key]["values"] == values
+        assert summary[key]["mean"] == pytest.approx(statistics.fmean(values))
+        assert summary[key]["std"] == pytest.approx(statistics.stdev(values))
+    assert per_seed[0]["eval_loss"] != per_seed[1]["eval_loss"]  # two seeds, two runs: not one run twice
     assert "+-" in result.stderr

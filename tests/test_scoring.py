@@ -63,10 +63,9 @@ def test_predict_logits_in_original_order_whatever_the_threads(threads, as_rows,
     """Length-sorted, padded batches (run side by side on CPU cores) score every example as the
     model scores it alone, unpadded, in the caller's order; the thread count is restored."""
     import torch
+    from transformers.models.bert.modeling_bert import BertLayer
 
     from bigmodel_cli.classification.inference import predict_logits
-
-    from transformers.models.bert.modeling_bert import BertLayer
 
     model, tokenizer, features = tiny_classifier_and_examples()
     model.eval()

@@ -23,6 +23,8 @@ class Task:
     hub_columns: tuple[str, ...]  # the text columns in the hub's nyu-mll/glue
     files: dict[str, str] = field(default_factory=dict)  # split name -> file in --data-dir
     headerless: tuple[str, ...] = ()  # column names of headerless train/dev files (CoLA)
+    folder: str = ""  # the task's folder in GLUE's own download (CoLA, SST-2, ...)
+    score: tuple[str, ...] = ()  # the metrics whose mean is the task's GLUE score
 
     @property
     def is_regression(self) -> bool:
@@ -39,26 +41,35 @@ TASKS: dict[str, Task] = {
     for t in [
         Task("cola", ("sentence",), "label", ("unacceptable", "acceptable"), ("matthews_correlation",),
              "matthews_correlation", ("sentence",), _DEV,
-             headerless=("source", "label", "label_notes", "sentence")),
+             headerless=("source", "label", "label_notes", "sentence"),
+             folder="CoLA", score=("matthews_correlation",)),
         Task("sst2", ("sentence",), "label", ("negative", "positive"), ("accuracy",), "accuracy",
-             ("sentence",), _DEV),
+             ("sentence",), _DEV,
+             folder="SST-2", score=("accuracy",)),
         Task("mrpc", ("#1 String", "#2 String"), "Quality", ("not_equivalent", "equivalent"),
-             ("accuracy", "f1"), "f1", ("sentence1", "sentence2"), _DEV),
+             ("accuracy", "f1"), "f1", ("sentence1", "sentence2"), _DEV,
+             folder="MRPC", score=("f1", "accuracy")),
         Task("qqp", ("question1", "question2"), "is_duplicate", ("not_duplicate", "duplicate"),
-             ("accuracy", "f1"), "f1", ("question1", "question2"), _DEV),
+             ("accuracy", "f1"), "f1", ("question1", "question2"), _DEV,
+             folder="QQP", score=("f1", "accuracy")),
         Task("stsb", ("sentence1", "sentence2"), "score", None, ("pearsonr", "spearmanr"), "pearson",
-             ("sentence1", "sentence2"), _DEV),
+             ("sentence1", "sentence2"), _DEV,
+             folder="STS-B", score=("pearson", "spearmanr")),
         Task("mnli", ("sentence1", "sentence2"), "gold_label", ("entailment", "neutral", "contradiction"),
              ("accuracy",), "accuracy", ("premise", "hypothesis"),
              {"train": "train.tsv", "validation_matched": "dev_matched.tsv",
               "validation_mismatched": "dev_mismatched.tsv", "test_matched": "test_matched.tsv",
-              "test_mismatched": "test_mismatched.tsv"}),
+              "test_mismatched": "test_mismatched.tsv"},
+             folder="MNLI", score=("accuracy",)),
         Task("qnli", ("question", "sentence"), "label", ("entailment", "not_entailment"), ("accuracy",),
-             "accuracy", ("question", "sentence"), _DEV),
+             "accuracy", ("question", "sentence"), _DEV,
+             folder="QNLI", score=("accuracy",)),
         Task("rte", ("sentence1", "sentence2"), "label", ("entailment", "not_entailment"), ("accuracy",),
-             "accuracy", ("sentence1", "sentence2"), _DEV),
+             "accuracy", ("sentence1", "sentence2"), _DEV,
+             folder="RTE", score=("accuracy",)),
         Task("wnli", ("sentence1", "sentence2"), "label", ("not_entailment", "entailment"), ("accuracy",),
-             "accuracy", ("sentence1", "sentence2"), _DEV),
+             "accuracy", ("sentence1", "sentence2"), _DEV,
+             folder="WNLI", score=("accuracy",)),
     ]
 }
 SPLIT_ALIASES = {"dev": "validation", "eval": "validation", "valid": "validation"}

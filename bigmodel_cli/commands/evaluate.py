@@ -66,14 +66,19 @@ def evaluate_mlm_on(model_dir: str, data_file: str | None, batch_size: int) -> d
     if not data_file:
         raise BigmodelError("--task mlm needs --data-file: a text file, one example per line")
     check_text_file(data_file, "--data-file")
-    try:
-        model = SparseHeadBertForMaskedLM.from_pretrained(resolve_model_path(model_dir), use_safetensors=True)
+    from transformers import AutoConfig, AutoModelForMaskedLM
+
+    path = resolve_model_path(model_dir)
+    try:  # BERT with the sparse head (the same loss, less work); any other family as transformers has it
+        bert = AutoConfig.from_pretrained(path).model_type == "bert"
+        model = (SparseHeadBertForMaskedLM if bert else AutoModelForMaskedLM).from_pretrained(path, use_safetensors=True)
     except Exception as e:
         raise model_error(model_dir, e) from None
     tokenizer = load_tokenizer(model_dir)
     saved: PretrainRecipe | None = read_saved_recipe(model_dir, "pretrain")
     if saved is None:  # a model from elsewhere: its tokenizer's length, BERT's masking, the default seed
-        max_len, probability, seed = min(tokenizer.model_max_length, 512), 0.15, 42
+        max_len, probability, seed, words = min(tokenizer.model_max_length, 512), 0.15, 42, False
     else:
-        max_len, probability, seed = saved.data.max_seq_length, saved.data.mlm_probability, saved.training.seed
-    return score_text_file(model, tokenizer, data_file, max_len, probability, seed, batch_size)
+        data = saved.data
+        max_len, probability, seed, words = data.max_seq_length, data.mlm_probability, saved.training.seed, data.whole_word_masking
+    return score_text_file(model, tokenizer, data_file, max_len, probability, seed, batch_size, words)

@@ -1,15 +1,14 @@
-"""`bigmodel finetune`: sequence classification (or regression) on GLUE or your own files."""
+"""`bigmodel finetune`: sequence classification (or regression) on GLUE or your own files.
+
+The job itself, shared with `bigmodel glue`, is `classification.finetuning.run`."""
 
 from __future__ import annotations
 
-import shlex
-import statistics
-import sys
 from pathlib import Path
 
-from bigmodel_cli.console import say, setup, shown, summary
-from bigmodel_cli.recipe import RECIPE_FILE, FinetuneRecipe, dump_recipe, list_recipes, load_recipe, recipe_name
-from bigmodel_cli.rundir import clean_metrics, open_run, write_json, write_model_card
+from bigmodel_cli.console import setup, summary
+from bigmodel_cli.recipe import list_recipes, load_recipe, recipe_name
+from bigmodel_cli.rundir import open_run
 
 
 def command(task: str | None, flags: dict, recipe: str | None, output_dir: Path | None, overrides: list[str] | None,
@@ -26,6 +25,8 @@ def command(task: str | None, flags: dict, recipe: str | None, output_dir: Path 
     data = loaded.data
     default_name = data.task or (Path(data.train_file).stem if data.train_file else recipe_name(recipe))
     run_dir = output_dir or Path("runs") / default_name
+    from bigmodel_cli.classification.finetuning import run, run_seeds
+
     if seeds > 1:
         run_seeds(loaded, run_dir, seeds, overwrite, quiet)
         return
@@ -33,119 +34,3 @@ def command(task: str | None, flags: dict, recipe: str | None, output_dir: Path 
     keys = ["train_samples", "eval_samples", "train_runtime", "train_samples_per_second", "best_checkpoint"]
     keys += [k for k in metrics if k.startswith("eval_") and isinstance(metrics[k], float)]
     summary(f"finetune {data.task or 'custom'}", metrics, run_dir, quiet, keys)
-
-
-def run(recipe: FinetuneRecipe, run_dir: Path, resume_from: Path | None = None, quiet: bool = False) -> dict:
-    """Data, tokenizer, model, train with an evaluation per epoch, keep the best, score, save."""
-    from transformers import DataCollatorWithPadding, set_seed
-
-    from bigmodel_cli.classification.data import encode, load_splits
-    from bigmodel_cli.classification.inference import evaluate_classifier, trainer_metrics, write_predictions
-    from bigmodel_cli.classification.model import check_lengths, load_classifier
-    from bigmodel_cli.files import check_text_file
-    from bigmodel_cli.kernels import classify_from_first_token, use_fast_dropout
-    from bigmodel_cli.models import load_tokenizer
-    from bigmodel_cli.seeds import derive_seed
-    from bigmodel_cli.trainer.arguments import training_arguments
-    from bigmodel_cli.trainer.callbacks import GracefulStop, RunHeader
-    from bigmodel_cli.trainer.trainer import CountingTrainer
-
-    set_seed(derive_seed(recipe.training.seed, "init"))  # before the model: the new head's init is seeded too
-    task, raw = load_splits(recipe.data)
-    tokenizer = load_tokenizer(recipe.model.name_or_path, recipe.model.trust_remote_code)
-    model = load_classifier(recipe, task)
-    use_fast_dropout(model)  # on CPU: dropout's random numbers were 15 % of each step
-    classify_from_first_token(model)  # the last layer for [CLS] only: the same logits, 14 % less work
-    check_lengths(recipe, model, tokenizer)
-    tokenizer.model_max_length = recipe.data.max_seq_length  # eval and predict truncate the same way
-    args = training_arguments(recipe.training, run_dir, quiet, **best_epoch_arguments(recipe, task.best_metric),
-                              train_sampling_strategy="group_by_length")
-    with args.main_process_first(local=False, desc="tokenizing"):
-        train, validation = encode(raw["train"], tokenizer), encode(raw["validation"], tokenizer)
-    stop = GracefulStop()
-    trainer = CountingTrainer(
-        model=model,
-        args=args,
-        train_dataset=train,
-        eval_dataset=validation,
-        data_collator=DataCollatorWithPadding(tokenizer),
-        processing_class=tokenizer,
-        compute_metrics=trainer_metrics(task),
-        pad_token_id=tokenizer.pad_token_id,
-        callbacks=[stop, RunHeader(f"finetune {task.name}", f"train {len(train)}, eval {len(validation)} examples", quiet)],
-    )
-    # The classifier's loss is a plain mean that ignores `num_items_in_batch`; Trainer would still
-    # multiply it by the number of processes (seen here: twice the loss, and twice the gradient, on 2).
-    trainer.model_accepts_loss_kwargs = False
-    if args.process_index == 0:
-        dump_recipe(recipe, run_dir / RECIPE_FILE, f"bigmodel finetune: {shlex.join(sys.argv[1:])}")
-    metrics = trainer.train_and_measure(resume_from, stop)
-    metrics.update(evaluate_classifier(trainer.model, tokenizer, validation, task,
-                                       recipe.training.per_device_eval_batch_size, progress=not quiet))
-    metrics["train_samples"], metrics["eval_samples"] = len(raw["train"]), len(raw["validation"])
-    metrics["best_checkpoint"] = Path(trainer.state.best_model_checkpoint or "").name or None
-    if trainer.is_world_process_zero():
-        trainer.save_model(str(run_dir))
-        trainer.save_state()  # trainer_state.json: the log history `bigmodel report` plots
-        write_json(run_dir / "metrics.json", clean_metrics(metrics))
-        card(run_dir, recipe, task, metrics)
-        if recipe.data.test_file:  # with the model in hand: no reload from the run directory
-            write_predictions(trainer.model, tokenizer, check_text_file(recipe.data.test_file, "data.test_file"),
-                              str(run_dir / "test_predictions.jsonl"), recipe.training.per_device_eval_batch_size,
-                              progress=not quiet)
-    return metrics
-
-
-def run_seeds(recipe: FinetuneRecipe, run_dir: Path, count: int, overwrite: bool, quiet: bool) -> dict:
-    """One run per seed in run_dir/seed-N, then the mean and standard deviation of every metric
-    in run_dir/seeds_summary.json (MRPC results move by points between seeds)."""
-    first = recipe.training.seed  # the user's seeds: first, first + 1, ... (each derives its own streams)
-    per_seed = {}
-    for seed in range(first, first + count):
-        one = recipe.model_copy(deep=True)
-        one.training.seed = seed
-        seed_dir = run_dir / f"seed-{seed}"
-        per_seed[seed] = run(one, seed_dir, open_run(seed_dir, one, overwrite), quiet)
-    keys = [k for k, v in per_seed[first].items() if k.startswith("eval_") and isinstance(v, float)]
-    result = {"seeds": list(per_seed), "runs": [str(run_dir / f"seed-{s}") for s in per_seed]}
-    for key in keys:
-        values = [m[key] for m in per_seed.values()]
-        result[key] = {"mean": statistics.fmean(values), "std": statistics.stdev(values), "values": values}
-    write_json(run_dir / "seeds_summary.json", result)
-    if not quiet:
-        for key in keys:
-            say(f"{key:28s} {result[key]['mean']:.4f} +- {result[key]['std']:.4f}  over seeds {result['seeds']}")
-        say(f"per-seed runs and seeds_summary.json in {run_dir}")
-    return result
-
-
-def best_epoch_arguments(recipe: FinetuneRecipe, best_metric: str) -> dict:
-    """Keep the best evaluation's model (by the task's main metric) rather than the last."""
-    if recipe.training.eval_strategy == "no":
-        return {}
-    return {
-        "load_best_model_at_end": True,
-        "metric_for_best_model": f"eval_{best_metric}",
-        "greater_is_better": True,
-        "save_strategy": recipe.training.eval_strategy,
-        "save_steps": recipe.training.eval_steps or recipe.training.save_steps,
-    }
-
-
-def card(run_dir: Path, recipe: FinetuneRecipe, task, metrics: dict) -> None:
-    data = recipe.data.data_dir or recipe.data.train_file or "nyu-mll/glue"
-    main = metrics.get(f"eval_{task.best_metric}")
-    write_model_card(
-        run_dir,
-        title=f"{Path(recipe.model.name_or_path).name} fine-tuned on {task.name}",
-        summary=(
-            f"{recipe.model.name_or_path} fine-tuned with bigmodel for {task.name} "
-            f"({'regression' if task.is_regression else ', '.join(task.label_names)}) on {data}. "
-            f"Dev {task.best_metric}: {shown(main)}."
-        ),
-        metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
-        command=f"bigmodel {shlex.join(sys.argv[1:])}",
-        load_class="AutoModelForSequenceClassification",
-        tags=["text-classification", task.name],
-        datasets=["nyu-mll/glue"] if recipe.data.task and not recipe.data.data_dir else [],
-    )

@@ -7,17 +7,27 @@ import sys
 from pathlib import Path
 
 from bigmodel_cli.console import setup, shown, summary
+from bigmodel_cli.errors import BigmodelError
 from bigmodel_cli.recipe import RECIPE_FILE, PretrainRecipe, dump_recipe, load_recipe, recipe_name
 from bigmodel_cli.rundir import clean_metrics, open_run, write_json, write_model_card
 
 SUMMARY_KEYS = ["train_samples", "train_runtime", "train_tokens_per_second", "train_loss", "eval_loss", "perplexity",
-                "model_parameters"]
+                "model_parameters", "model_flops_utilization"]
 
 
-def command(recipe: str, output_dir: Path | None, overrides: list[str] | None, overwrite: bool, quiet: bool) -> None:
+def command(recipe: str | None, model: str | None, output_dir: Path | None, overrides: list[str] | None,
+            overwrite: bool, quiet: bool) -> None:
     """The command line's `pretrain`: recipe, run directory (resuming an unfinished run), run, summary."""
     setup(quiet)
-    loaded, _ = load_recipe("pretrain", recipe, overrides=overrides)
+    recipe = recipe or ("pretrain/continue" if model else "pretrain/bert-tiny")
+    loaded, _ = load_recipe("pretrain", recipe, flags={"model.name_or_path": model}, overrides=overrides)
+    if loaded.training.load_best_model_at_end:
+        raise BigmodelError("training.load_best_model_at_end: pretrain keeps the last model (its held-out "
+                            "perplexity is measured at the end); remove the key or set it false")
+    if loaded.model.name_or_path:  # a checkpoint that cannot be continued stops here, before any folder is made
+        from bigmodel_cli.mlm.head import checkpoint_config
+
+        checkpoint_config(loaded)
     run_dir = output_dir or Path("runs") / recipe_name(recipe)
     resume = open_run(run_dir, loaded, overwrite)
     metrics = run(loaded, run_dir, resume, quiet)
@@ -28,9 +38,9 @@ def run(recipe: PretrainRecipe, run_dir: Path, resume_from: Path | None = None, 
     """Tokenizer, data, model, train, evaluate, save; returns the metrics written to metrics.json."""
     from transformers import set_seed
 
-    from bigmodel_cli.kernels import use_fast_dropout
+    from bigmodel_cli.kernels import speedups
     from bigmodel_cli.mlm.evaluation import perplexity
-    from bigmodel_cli.mlm.head import SparseHeadBertForMaskedLM, bert_config
+    from bigmodel_cli.mlm.head import masked_lm
     from bigmodel_cli.mlm.masking import MLMCollator
     from bigmodel_cli.mlm.text import load_corpus, tokenize_corpus
     from bigmodel_cli.mlm.tokenizer import get_tokenizer
@@ -49,20 +59,24 @@ def run(recipe: PretrainRecipe, run_dir: Path, resume_from: Path | None = None, 
         raw = load_corpus(recipe)
         tokenizer = get_tokenizer(recipe, raw["train"], run_dir)
         train_rows, eval_rows = tokenize_corpus(recipe, tokenizer, raw)
-    model = SparseHeadBertForMaskedLM(bert_config(recipe, tokenizer))
-    use_fast_dropout(model)
+    model, origin = masked_lm(recipe, tokenizer)
+    notes = [origin, speedups(model)]
     stop = GracefulStop()
     budget = TimeBudget(recipe.training.time_budget) if recipe.training.time_budget else None
+    if budget is not None:
+        warmup = recipe.training.warmup_steps
+        notes.append(f"{recipe.training.lr_scheduler_type} schedule over the budget's seconds, warm-up "
+                     + (f"{int(warmup)} steps" if warmup >= 1 else f"{warmup:.0%} of the budget"))
     header = RunHeader("pretrain", f"train {len(raw['train'])} lines in {len(train_rows)} sequences, "
-                       f"eval {len(raw['validation'])} lines", quiet, budget)
-    probability = recipe.data.mlm_probability
+                       f"eval {len(raw['validation'])} lines", quiet, budget, notes)
+    probability, words = recipe.data.mlm_probability, recipe.data.whole_word_masking
     trainer = MLMTrainer(
         model=model,
         args=args,
         train_dataset=train_rows,
         eval_dataset=eval_rows,
-        data_collator=MLMCollator(tokenizer, probability, seed),
-        eval_data_collator=MLMCollator(tokenizer, probability, seed, stream="held_out_masks"),
+        data_collator=MLMCollator(tokenizer, probability, seed, positions=True, whole_words=words),
+        eval_data_collator=MLMCollator(tokenizer, probability, seed, "held_out_masks", positions=True, whole_words=words),
         pad_token_id=tokenizer.pad_token_id,
         budget=budget,
         callbacks=[header, stop, budget] if budget else [header, stop],  # before the progress bar
@@ -72,6 +86,9 @@ def run(recipe: PretrainRecipe, run_dir: Path, resume_from: Path | None = None, 
     metrics = trainer.train_and_measure(resume_from, stop)
     metrics["train_rows_per_second"] = metrics["train_samples_per_second"]  # packed sequences
     metrics["train_samples_per_second"] = metrics["train_examples_per_second"]  # lines: the examples
+    if budget is not None:  # train_runtime is this part's; this is every part's, a resumed run's too
+        metrics["train_budget_seconds_spent"] = budget.final if budget.final is not None else budget.elapsed()
+    metrics.update(flop_utilization(model.config, recipe.data.max_seq_length, metrics))
     metrics.update(trainer.evaluate())
     metrics["perplexity"] = perplexity(metrics["eval_loss"])
     metrics["train_samples"] = len(raw["train"])
@@ -83,21 +100,39 @@ def run(recipe: PretrainRecipe, run_dir: Path, resume_from: Path | None = None, 
     return metrics
 
 
+def flop_utilization(config, seq_length: int, metrics: dict) -> dict:
+    """The stock model's FLOP/s over the training steps and, on a GPU of known peak, its MFU
+    (`bigmodel_cli/mfu.py` states the formula)."""
+    import torch
+
+    from bigmodel_cli.mfu import utilization
+
+    device = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+    return utilization(config, seq_length, metrics["train_real_tokens"], metrics["train_masked_tokens"],
+                       metrics["train_step_seconds"], device)
+
+
 def save(model, tokenizer, run_dir: Path, metrics: dict, recipe: PretrainRecipe) -> None:
     """The model as a plain `BertForMaskedLM` (safetensors), tokenizer, metrics, model card."""
     from transformers import BertForMaskedLM
 
-    plain = BertForMaskedLM(model.config)
-    plain.load_state_dict(model.state_dict())
-    plain.save_pretrained(str(run_dir))
+    from bigmodel_cli.mlm.head import SparseHeadBertForMaskedLM
+
+    if isinstance(model, SparseHeadBertForMaskedLM):  # saved as the stock class: loads anywhere
+        plain = BertForMaskedLM(model.config)
+        plain.load_state_dict(model.state_dict())
+        model = plain
+    model.save_pretrained(str(run_dir))
     tokenizer.model_max_length = recipe.data.max_seq_length
     tokenizer.save_pretrained(str(run_dir))
     write_json(run_dir / "metrics.json", metrics)
     write_model_card(
         run_dir,
-        title=f"BERT masked LM ({recipe.model.num_hidden_layers} layers, {recipe.model.hidden_size} hidden)",
+        title=(f"{recipe.model.name_or_path}, pretraining continued" if recipe.model.name_or_path else
+               f"BERT masked LM ({recipe.model.num_hidden_layers} layers, {recipe.model.hidden_size} hidden)"),
         summary=(
-            f"A BERT masked-language model pretrained from scratch with bigmodel on "
+            ("A masked-language model continued from " + recipe.model.name_or_path if recipe.model.name_or_path else
+             "A BERT masked-language model pretrained from scratch") + " with bigmodel on "
             f"{', '.join(recipe.data.train_files) or recipe.data.dataset_name}. Held-out perplexity "
             f"{shown(metrics['perplexity'], 2)}."
         ),

@@ -60,7 +60,7 @@ def process_share(rows: int, rank: int, world: int, size: int) -> tuple[list[lis
 
 
 def score_text_file(model, tokenizer, data_file: str | Path, max_seq_length: int, mlm_probability: float, seed: int,
-                    batch_size: int) -> dict:
+                    batch_size: int, whole_words: bool = False) -> dict:
     """Held-out loss and perplexity of a masked LM on a text file, one example per line, packed as
     pretraining packs them and masked with the held-out masks of a run seeded `seed`."""
     from datasets import load_dataset
@@ -72,7 +72,7 @@ def score_text_file(model, tokenizer, data_file: str | Path, max_seq_length: int
     if len(lines) == 0:
         raise BigmodelError(f"--data-file {data_file} has no non-blank lines")
     rows = packed_dataset(tokenize_lines(lines, tokenizer, max_seq_length), max_seq_length, packing=True)
-    collator = MLMCollator(tokenizer, mlm_probability, seed, stream="held_out_masks")
+    collator = MLMCollator(tokenizer, mlm_probability, seed, "held_out_masks", positions=True, whole_words=whole_words)
     was_training = model.training
     model.eval()
     try:

@@ -1,7 +1,10 @@
-"""The model of a from-scratch masked-LM run, and its training head that skips unmasked positions.
+"""The model of a masked-LM run: a new BERT, or a checkpoint to continue; and the training head
+that skips unmasked positions.
 
 `SparseHeadBertForMaskedLM` projects only the masked positions onto the vocabulary: the same
 parameters and loss, ~15 % of the head's cost; saved and loaded as a plain `BertForMaskedLM`.
+A continued checkpoint without an MLM head (a sentence encoder, a bare `BertModel`) gets a fresh
+one, its decoder tied to the word embeddings as BERT's is.
 """
 
 from __future__ import annotations
@@ -20,8 +23,69 @@ def bert_config(recipe: PretrainRecipe, tokenizer):
         vocab_size=len(tokenizer),
         pad_token_id=tokenizer.pad_token_id,
         architectures=["BertForMaskedLM"],
-        **recipe.model.model_dump(),
+        **recipe.model.model_dump(exclude={"name_or_path"}),
     )
+
+
+def masked_lm(recipe: PretrainRecipe, tokenizer):
+    """(model, what it is: one phrase for the run header): a new BERT of the recipe's shape, or the
+    checkpoint `model.name_or_path` as a masked LM. Shape keys the recipe sets must match the
+    checkpoint's (a one-line error otherwise); dropout keys it sets are applied."""
+    if not recipe.model.name_or_path:
+        return SparseHeadBertForMaskedLM(bert_config(recipe, tokenizer)), "new model"
+    from transformers import AutoModelForMaskedLM
+
+    from bigmodel_cli.errors import BigmodelError
+    from bigmodel_cli.models import model_error, resolve_model_path
+
+    name = recipe.model.name_or_path
+    path = resolve_model_path(name)
+    config = checkpoint_config(recipe)
+    if len(tokenizer) > config.vocab_size:
+        raise BigmodelError(f"{name}'s tokenizer has {len(tokenizer)} tokens but the model only {config.vocab_size} "
+                            "embeddings: tokenizer and model do not belong together")
+    chosen = recipe.model.model_fields_set
+    dropout = {k: getattr(recipe.model, k) for k in ("hidden_dropout_prob", "attention_probs_dropout_prob") if k in chosen}
+    model_class = SparseHeadBertForMaskedLM if config.model_type == "bert" else AutoModelForMaskedLM
+    try:
+        model, loading = model_class.from_pretrained(path, output_loading_info=True, use_safetensors=True, **dropout)
+    except (OSError, ValueError) as e:
+        raise model_error(name, e) from None
+    head = {k for k in loading["missing_keys"] if not k.startswith(model.base_model_prefix + ".")}
+    said = f"continued from {name}"
+    return model, said + (", with a fresh MLM head tied to its embeddings" if head else ", its own MLM head")
+
+
+def checkpoint_config(recipe: PretrainRecipe):
+    """The config of the checkpoint to continue, checked before any work: it loads, it is a model
+    transformers can make a masked LM of, and the shape keys the recipe sets and its length fit it."""
+    from transformers import AutoConfig
+    from transformers.models.auto.modeling_auto import MODEL_FOR_MASKED_LM_MAPPING_NAMES
+
+    from bigmodel_cli.errors import BigmodelError
+    from bigmodel_cli.models import model_error, resolve_model_path
+    from bigmodel_cli.recipe import SHAPE_KEYS
+
+    name = recipe.model.name_or_path
+    try:
+        config = AutoConfig.from_pretrained(resolve_model_path(name))
+    except Exception as e:
+        raise model_error(name, e) from None
+    if config.model_type not in MODEL_FOR_MASKED_LM_MAPPING_NAMES:
+        raise BigmodelError(
+            f"model.name_or_path {name} is a {config.model_type} checkpoint, which cannot become a masked LM; "
+            "choose an encoder (BERT, RoBERTa, ModernBERT, ...)")
+    chosen = recipe.model.model_fields_set
+    for key in SHAPE_KEYS:
+        if key in chosen and getattr(config, key, None) != getattr(recipe.model, key):
+            raise BigmodelError(
+                f"model.{key} {getattr(recipe.model, key)} differs from {name}'s {getattr(config, key, None)}: a "
+                "continued checkpoint keeps its shape; remove the key (recipe pretrain/continue sets none)")
+    limit = getattr(config, "max_position_embeddings", None)
+    if limit and recipe.data.max_seq_length > limit:
+        raise BigmodelError(f"data.max_seq_length {recipe.data.max_seq_length} is above {name}'s "
+                            f"max_position_embeddings {limit}; set data.max_seq_length to at most {limit}")
+    return config
 
 
 class SparseHeadBertForMaskedLM(BertForMaskedLM):
@@ -29,16 +93,21 @@ class SparseHeadBertForMaskedLM(BertForMaskedLM):
     vocabulary. Same parameters, same loss; saved and loaded as a plain `BertForMaskedLM`."""
 
     def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None,
-                labels=None, num_items_in_batch=None, **kwargs):
+                labels=None, num_items_in_batch=None, masked_positions=None, **kwargs):
         if labels is None:
             return super().forward(input_ids=input_ids, attention_mask=attention_mask,
                                    token_type_ids=token_type_ids, position_ids=position_ids, **kwargs)
         hidden = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
                            position_ids=position_ids, return_dict=True).last_hidden_state
-        targets = labels != -100
-        logits = self.cls(hidden[targets]).float()
+        if masked_positions is None:  # found here: a boolean index, which waits for the GPU
+            targets = labels != -100
+            hidden, labels = hidden[targets], labels[targets]
+        else:  # the collator's flat indices of the masked tokens: a gather, no host sync
+            hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, masked_positions)
+            labels = labels.reshape(-1).index_select(0, masked_positions)
+        logits = self.cls(hidden).float()
         if num_items_in_batch is None:  # one micro-batch: the mean over its masked tokens
-            loss = F.cross_entropy(logits, labels[targets])
+            loss = F.cross_entropy(logits, labels)
         else:  # the Trainer's count over all micro-batches (and processes): exact accumulation
-            loss = F.cross_entropy(logits, labels[targets], reduction="sum") / num_items_in_batch
+            loss = F.cross_entropy(logits, labels, reduction="sum") / num_items_in_batch
         return MaskedLMOutput(loss=loss, logits=None)

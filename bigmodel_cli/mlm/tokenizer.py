@@ -1,12 +1,23 @@
 """The tokenizer of a masked-LM run: the recipe's, or a WordPiece one trained on the corpus.
 
+Training is deterministic: the same lines give the same `tokenizer.json` in every process.
+`tokenizers`' WordPiece trainer alone does not: it gives the continuing-subword tokens (`##e`) their
+ids in the iteration order of a hash map, and those ids break ties between equally frequent merges
+(huggingface/tokenizers#1794; the fix proposed upstream, #2066, is not merged). Here every `##c` of
+the corpus is handed to the trainer up front, sorted, as the special tokens are, so each has its id
+before the trainer's hash-map walk; they are plain vocabulary again afterwards.
+
 `tokenizer_object=`, never `vocab_file=`: the latter silently builds a 5-token tokenizer in
-transformers 5.x.
+transformers 5.x. The tokenizer is written to the run directory atomically (its files staged, then
+moved in with `tokenizer.json` last), so a run killed while writing it starts cleanly again.
 """
 
 from __future__ import annotations
 
-from collections.abc import Iterable
+import json
+import os
+import shutil
+from collections.abc import Iterable, Sequence
 from pathlib import Path
 
 from bigmodel_cli.errors import BigmodelError
@@ -16,18 +27,34 @@ MAX_UNKNOWN_RATE = 0.2  # a tokenizer that maps more of the corpus than this to 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
-def train_wordpiece(lines: Iterable[str], vocab_size: int, lowercase: bool, min_frequency: int, length=None):
-    """A BERT-style WordPiece tokenizer (BERT normalizer and pre-tokenizer, [CLS]/[SEP] template)."""
+def continuing_pieces(tok, lines: Iterable[str]) -> list[str]:
+    """`##c` for every character c that follows another inside a pre-tokenized word, sorted."""
+    normalize, split = tok.normalizer.normalize_str, tok.pre_tokenizer.pre_tokenize_str
+    found: set[str] = set()
+    for line in lines:
+        for word, _ in split(normalize(line)):
+            found.update(word[1:])
+    return [f"##{c}" for c in sorted(found)]
+
+
+def train_wordpiece(lines: Sequence[str], vocab_size: int, lowercase: bool, min_frequency: int, show_progress=True):
+    """A BERT-style WordPiece tokenizer (BERT normalizer and pre-tokenizer, [CLS]/[SEP] template),
+    the same for the same lines in every process."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import BertTokenizerFast
 
     tok = Tokenizer(models.WordPiece(unk_token="[UNK]"))
     tok.normalizer = normalizers.BertNormalizer(lowercase=lowercase, strip_accents=lowercase or None)
     tok.pre_tokenizer = pre_tokenizers.BertPreTokenizer()
+    pieces = continuing_pieces(tok, lines)
     trainer = trainers.WordPieceTrainer(
-        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIAL_TOKENS, show_progress=True
+        vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIAL_TOKENS + pieces,
+        show_progress=show_progress,
     )
-    tok.train_from_iterator(lines, trainer=trainer, length=length)
+    tok.train_from_iterator(lines, trainer=trainer, length=len(lines))
+    saved = json.loads(tok.to_str())  # the pieces were special only to fix their ids: plain vocabulary again
+    saved["added_tokens"] = [t for t in saved["added_tokens"] if t["content"] in SPECIAL_TOKENS]
+    tok = Tokenizer.from_str(json.dumps(saved))
     cls_id, sep_id = tok.token_to_id("[CLS]"), tok.token_to_id("[SEP]")
     tok.post_processor = processors.TemplateProcessing(
         single="[CLS] $A [SEP]",
@@ -62,20 +89,24 @@ def get_tokenizer(recipe: PretrainRecipe, train_lines, run_dir: Path):
     from transformers import AutoTokenizer
 
     spec = recipe.tokenizer
-    source = spec.name_or_path or (run_dir if (run_dir / "tokenizer.json").is_file() else None)
+    source = spec.name_or_path or recipe.model.name_or_path or (run_dir if (run_dir / "tokenizer.json").is_file() else None)
     if source:
+        from bigmodel_cli.models import resolve_model_path
+
         try:
-            tokenizer = AutoTokenizer.from_pretrained(str(source))
+            tokenizer = AutoTokenizer.from_pretrained(resolve_model_path(str(source)))
         except (OSError, ValueError) as e:
             raise BigmodelError(f"tokenizer.name_or_path '{source}' is not a tokenizer ({e.__class__.__name__})") from None
     else:
-        tokenizer = train_wordpiece(
-            (row["text"] for row in train_lines), spec.vocab_size, spec.lowercase, spec.min_frequency,
-            length=len(train_lines),
-        )
-        tokenizer.save_pretrained(str(run_dir))
+        save_tokenizer(train_wordpiece(train_lines["text"], spec.vocab_size, spec.lowercase, spec.min_frequency), run_dir)
+        # Used as loaded back, as a resumed run uses it: both then write the very same files at the end.
+        tokenizer = AutoTokenizer.from_pretrained(str(run_dir))
     if tokenizer.mask_token_id is None or tokenizer.pad_token_id is None:
         raise BigmodelError(f"tokenizer '{source}' has no [MASK] or [PAD] token; masked-LM training needs both")
+    if recipe.data.whole_word_masking:  # a tokenizer without word boundaries stops here, before tokenizing
+        from bigmodel_cli.mlm.masking import word_start_table
+
+        word_start_table(tokenizer)
     sample = [row["text"] for row in train_lines.select(range(min(500, len(train_lines))))]
     rate = unknown_rate(tokenizer, sample)
     if rate > MAX_UNKNOWN_RATE:
@@ -86,3 +117,13 @@ def get_tokenizer(recipe: PretrainRecipe, train_lines, run_dir: Path):
     return tokenizer
 
 
+def save_tokenizer(tokenizer, run_dir: Path) -> None:
+    """`save_pretrained` into `run_dir`, atomically: the files are written to a staging folder and
+    moved in with `tokenizer.json` last, whose presence means a complete tokenizer."""
+    staging = run_dir / "tmp-tokenizer"
+    shutil.rmtree(staging, ignore_errors=True)
+    tokenizer.save_pretrained(str(staging))
+    files = sorted(staging.iterdir(), key=lambda p: p.name == "tokenizer.json")
+    for path in files:
+        os.replace(path, run_dir / path.name)
+    staging.rmdir()

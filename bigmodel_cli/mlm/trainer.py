@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import json
+
 from bigmodel_cli.mlm.evaluation import masked_loss_sums, process_share
 from bigmodel_cli.mlm.masking import EpochToCollator
 from bigmodel_cli.trainer.callbacks import BudgetProgress, TimeBudget, budget_schedule
@@ -62,6 +64,24 @@ class MLMTrainer(CountingTrainer):
     def create_scheduler(self, num_training_steps: int, optimizer=None):
         if self.budget is None:
             return super().create_scheduler(num_training_steps, optimizer)
-        warmup = self.args.warmup_steps if self.args.warmup_steps < 1 else 0.0
-        self.lr_scheduler = budget_schedule(optimizer or self.optimizer, self.budget, warmup)
+        self.lr_scheduler = budget_schedule(optimizer or self.optimizer, self.budget, self.args.warmup_steps,
+                                            str(getattr(self.args.lr_scheduler_type, "value", self.args.lr_scheduler_type)))
         return self.lr_scheduler
+
+    def finished_at(self, checkpoint) -> bool:
+        if self.budget is not None:
+            saved = checkpoint / f"bigmodel_state_{self.args.process_index}.json"
+            spent = json.loads(saved.read_text()).get("budget_seconds_spent", 0.0) if saved.is_file() else 0.0
+            return spent >= self.budget.seconds
+        return super().finished_at(checkpoint)
+
+    def extra_state(self) -> dict:
+        state = super().extra_state()
+        if self.budget is not None:
+            state["budget_seconds_spent"] = self.budget.elapsed()
+        return state
+
+    def load_extra_state(self, state: dict) -> None:
+        super().load_extra_state(state)
+        if self.budget is not None and "budget_seconds_spent" in state:
+            self.budget.resume_at(state["budget_seconds_spent"])

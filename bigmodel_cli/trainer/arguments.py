@@ -26,13 +26,29 @@ def split_global_batch(global_batch: int, processes: int, most_per_device: int) 
     return 1, per_process
 
 
+def batch_layout(training: TrainingSection, processes: int) -> tuple[int, int]:
+    """(per-device batch, accumulation steps) for the recipe: as given, or derived from
+    `global_batch_size`. An accumulation the user set is honoured: the per-device batch is then what
+    makes up the global batch, and a layout that cannot is a one-line error naming the keys."""
+    per_device, accumulation = training.per_device_train_batch_size, training.gradient_accumulation_steps
+    if not training.global_batch_size:
+        return per_device, accumulation
+    if "gradient_accumulation_steps" not in training.model_fields_set:
+        return split_global_batch(training.global_batch_size, processes, per_device)
+    share, left = divmod(training.global_batch_size, processes * accumulation)
+    if left or share > per_device:
+        raise BigmodelError(
+            f"training.global_batch_size {training.global_batch_size} cannot be made of training.gradient_accumulation_steps "
+            f"{accumulation} x {processes} process(es) x at most training.per_device_train_batch_size {per_device}; "
+            "change one of them, or leave gradient_accumulation_steps out to have it derived")
+    return share, accumulation
+
+
 def training_arguments(training: TrainingSection, run_dir: Path, quiet: bool = False, **extra) -> TrainingArguments:
     import torch
 
     kwargs = training.trainer_kwargs()
-    if training.global_batch_size:  # the recipe's global batch, whatever the number of processes
-        kwargs["per_device_train_batch_size"], kwargs["gradient_accumulation_steps"] = split_global_batch(
-            training.global_batch_size, world_size(), training.per_device_train_batch_size)
+    kwargs["per_device_train_batch_size"], kwargs["gradient_accumulation_steps"] = batch_layout(training, world_size())
     if training.time_budget:  # the budget ends the run; the epoch count must not end it first
         kwargs["num_train_epochs"] = max(kwargs["num_train_epochs"], 10_000)
     if kwargs["report_to"] == [] or "none" in kwargs["report_to"]:

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import signal
 import time
 
@@ -9,47 +10,71 @@ import torch
 from transformers import TrainerCallback
 
 from bigmodel_cli.errors import BigmodelError
-from bigmodel_cli.processes import distributed, world_size
+from bigmodel_cli.processes import same_on_every_process, world_size
+from bigmodel_cli.recipe import BUDGET_SCHEDULES
 
 
 class TimeBudget(TrainerCallback):
-    """Ends training once `seconds` of wall-clock have passed; `fraction()` is how much is spent,
-    which the learning-rate schedule follows so that it reaches zero as the budget runs out."""
+    """Ends training once `seconds` of wall-clock have passed, over all parts of a resumed run;
+    `fraction()` is how much is spent, which the learning-rate schedule follows so that it reaches
+    zero as the budget runs out. A checkpoint records the seconds spent (`elapsed()`), and a resumed
+    run starts its clock there (`resume_at`): the budget is spent once, the schedule continues."""
 
     def __init__(self, seconds: float):
         self.seconds = seconds
         self.start: float | None = None
+        self.before = 0.0  # seconds spent by the earlier parts of a resumed run
         self.spent = 0.0  # the fraction as of the last step end: on every process, the main one's
+        self.final: float | None = None
 
     def fraction(self) -> float:
         return self.spent
 
+    def elapsed(self) -> float:
+        """Seconds of the budget spent so far, the earlier parts of a resumed run included."""
+        return self.before + (time.monotonic() - self.start if self.start is not None else 0.0)
+
+    def resume_at(self, seconds: float) -> None:
+        self.before = seconds
+        self.spent = min(1.0, seconds / self.seconds)
+
     def on_train_begin(self, args, state, control, **kwargs):
         self.start = time.monotonic()
-        self.spent = 0.0
+        self.spent = min(1.0, self.before / self.seconds)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.final = self.elapsed()  # what the run spent of the budget, all its parts together
 
     def on_step_end(self, args, state, control, **kwargs):
-        spent = torch.tensor([min(1.0, (time.monotonic() - self.start) / self.seconds)], dtype=torch.float64)
-        group = distributed()
-        if group is not None:
-            # Every process must follow one clock: the same learning rate, and the same last step
-            # (a process that stopped alone would leave the others waiting in all-reduce forever).
-            group.broadcast(spent, src=0)
-        self.spent = float(spent)
+        (self.spent,) = same_on_every_process(min(1.0, self.elapsed() / self.seconds))
         if self.spent >= 1.0:
             control.should_training_stop = True
             control.should_save = args.save_strategy != "no"
         return control
 
 
-def budget_schedule(optimizer, budget: TimeBudget, warmup: float):
-    """Linear warm-up over the first `warmup` of the budget, then linear decay to zero at its end."""
+def budget_schedule(optimizer, budget: TimeBudget, warmup: float, kind: str = "linear"):
+    """The learning rate over a time budget: warm-up over the first `warmup` of it (a fraction
+    below 1) or over the first `warmup` optimizer steps (a whole number), then `kind`'s decay over
+    the budget's fraction spent, reaching zero at its end (linear, cosine) or staying (constant)."""
+    if kind not in BUDGET_SCHEDULES:
+        raise BigmodelError(f"training.lr_scheduler_type {kind} cannot follow training.time_budget (the steps are "
+                            f"unknown); choose one of {', '.join(BUDGET_SCHEDULES)} or give training.max_steps instead")
+    by_steps = warmup >= 1
+    decay_from = 0.0 if by_steps else warmup
 
-    def factor(_step: int) -> float:
+    def factor(step: int) -> float:
         spent = budget.fraction()
-        if warmup > 0 and spent < warmup:
+        if by_steps and step < warmup:
+            return max(step / warmup, 1e-3)
+        if not by_steps and warmup > 0 and spent < warmup:
             return max(spent / warmup, 1e-3)
-        return max(0.0, (1.0 - spent) / max(1.0 - warmup, 1e-9))
+        progress = min(1.0, max(0.0, (spent - decay_from) / max(1.0 - decay_from, 1e-9)))
+        if kind == "cosine":
+            return 0.5 * (1.0 + math.cos(math.pi * progress))
+        if kind.startswith("constant"):
+            return 1.0
+        return max(0.0, 1.0 - progress)
 
     return torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
 
@@ -93,8 +118,10 @@ class GracefulStop(TrainerCallback):
 class RunHeader(TrainerCallback):
     """One compact header before training: what is trained on what, where, how (rank 0 only)."""
 
-    def __init__(self, job: str, data: str, quiet: bool = False, budget: TimeBudget | None = None):
+    def __init__(self, job: str, data: str, quiet: bool = False, budget: TimeBudget | None = None,
+                 notes: list[str] | None = None):
         self.job, self.data, self.quiet, self.budget = job, data, quiet, budget
+        self.notes = notes or []  # what bigmodel derived or chose, said once
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
         if self.quiet or not state.is_world_process_zero:
@@ -113,7 +140,7 @@ class RunHeader(TrainerCallback):
             f"[bold]bigmodel {self.job}[/bold]: {name} {params / 1e6:.2f}M parameters | {self.data} | "
             f"{device}, {precision}, {torch.get_num_threads()} threads | effective batch {batch} "
             f"({args.per_device_train_batch_size} x {args.gradient_accumulation_steps} accumulation x {processes} "
-            f"process{'es' if processes > 1 else ''}) | {steps}",
+            f"process{'es' if processes > 1 else ''}) | {steps}" + "".join(f" | {note}" for note in self.notes),
             highlight=False,
             soft_wrap=True,  # one line, however narrow the terminal: logs and greps keep it whole
         )

@@ -9,11 +9,12 @@ sampling (`sampling.SeededSampling`) and atomic checkpoints (`checkpoints.Atomic
 
 from __future__ import annotations
 
+import json
 import time
 from pathlib import Path
 
 import torch
-from transformers import Trainer
+from transformers import Trainer, TrainerCallback
 
 from bigmodel_cli.errors import BigmodelError
 from bigmodel_cli.processes import summed_over_processes, world_size
@@ -34,30 +35,58 @@ class CountingTrainer(AtomicCheckpoints, SeededSampling, Trainer):
 
             self.remove_callback(PrinterCallback)
         self.pad_token_id = pad_token_id
-        self.real_tokens = 0
-        self.examples_seen = 0
-        self.loss_sum = 0.0  # over every step of the run, a resumed one included (saved in checkpoints)
+        # Per step, on the device, never read back: [real tokens, examples, summed loss, masked tokens] and the first
+        # step whose loss was not finite (-1: none). Read at logging steps, saves and the end only, so
+        # a step never waits for the GPU (`.item()` on every step stalled the host).
+        self.sums: torch.Tensor | None = None
+        self.first_bad: torch.Tensor | None = None
+        self.loss_before = 0.0  # the summed loss of the steps before a resume (saved in checkpoints)
         self.aside_seconds = 0.0  # spent evaluating and checkpointing inside train(): not training speed
+        self.add_callback(FiniteLossCheck(self))
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         ids = inputs["input_ids"]
-        self.real_tokens += int((ids != self.pad_token_id).sum())
+        real = (ids != self.pad_token_id).sum()
         if "position_ids" in inputs:  # packed rows: every line starts at position 0
-            self.examples_seen += int(((inputs["position_ids"] == 0) & (ids != self.pad_token_id)).sum())
+            examples = ((inputs["position_ids"] == 0) & (ids != self.pad_token_id)).sum()
         else:
-            self.examples_seen += ids.shape[0]
+            examples = ids.shape[0]
+        labels = inputs.get("labels")
+        masked = (labels != -100).sum() if labels is not None and labels.shape == ids.shape else 0  # MLM targets
         loss = super().training_step(model, inputs, num_items_in_batch)
-        self.loss_sum += float(loss)
-        if not torch.isfinite(loss).all():
-            step = self.state.global_step + 1
-            kept = checkpoints(Path(self.args.output_dir))
-            where = f"; the last good checkpoint is {kept[-1]}" if kept else ""
-            raise BigmodelError(
-                f"the training loss became {loss.item()} at step {step}: training diverged; lower "
-                f"training.learning_rate (now {self.args.learning_rate}) or raise warmup_steps{where}",
-                exit_code=3,
-            )
+        done = loss.detach().double()
+        device = done.device
+        step = torch.stack([real.to(device).double(), torch.as_tensor(examples, device=device).double(), done,
+                            torch.as_tensor(masked, device=device).double()])
+        if self.sums is None:
+            self.sums = torch.zeros(4, dtype=torch.float64, device=device)
+            self.first_bad = torch.full((2,), -1.0, dtype=torch.float64, device=done.device)  # step, loss
+        self.sums += step
+        bad = (~torch.isfinite(done)) & (self.first_bad[0] < 0)
+        self.first_bad = torch.where(bad, torch.stack([done.new_tensor(self.state.global_step + 1.0), done]), self.first_bad)
         return loss
+
+    def read_sums(self) -> tuple[float, float, float, float]:
+        """(real tokens, examples, summed loss, masked tokens) of this process's steps so far (a host sync)."""
+        tokens, examples, loss, masked = self.sums.tolist() if self.sums is not None else (0.0, 0.0, 0.0, 0.0)
+        return tokens, examples, self.loss_before + loss, masked
+
+    def raise_if_diverged(self) -> None:
+        """Stop with the step number once a step's loss was not finite (`logging_nan_inf_filter`
+        would hide it, and the run would exit 0 with NaN weights). Called at logging steps, before
+        every save and at the end, so no checkpoint holds the weights after a non-finite loss."""
+        if self.first_bad is None:
+            return
+        step, loss = self.first_bad.tolist()
+        if step < 0:
+            return
+        kept = checkpoints(Path(self.args.output_dir))
+        where = f"; the last good checkpoint is {kept[-1]}" if kept else ""
+        raise BigmodelError(
+            f"the training loss became {loss} at step {int(step)}: training diverged; lower "
+            f"training.learning_rate (now {self.args.learning_rate}) or raise warmup_steps{where}",
+            exit_code=3,
+        )
 
     def evaluate(self, *args, **kwargs):
         start = time.perf_counter()
@@ -67,35 +96,74 @@ class CountingTrainer(AtomicCheckpoints, SeededSampling, Trainer):
             self.aside_seconds += time.perf_counter() - start
 
     def extra_state(self) -> dict:
-        return {"loss_sum": self.loss_sum}
+        return {"loss_sum": self.read_sums()[2]}
 
     def load_extra_state(self, state: dict) -> None:
-        self.loss_sum = state["loss_sum"]
+        self.loss_before = state["loss_sum"]
 
     def train_and_measure(self, resume_from: Path | None, stop: GracefulStop) -> dict:
         """Train (resuming from a checkpoint when given), stop cleanly after Ctrl-C, and return
         Trainer's metrics with real-token throughput and the whole run's mean training loss."""
+        if resume_from is not None and self.finished_at(resume_from):
+            return self.finish_from(resume_from)
         result = self.train(resume_from_checkpoint=str(resume_from) if resume_from else None)
         stop.raise_if_stopped(self)
         metrics = {**result.metrics, **self.throughput(result.metrics["train_runtime"])}
         metrics["train_loss"] = self.train_loss()
         return metrics
 
+    def finished_at(self, checkpoint: Path) -> bool:
+        """Whether `checkpoint` is the end of training: a run killed while it wrote its results.
+        Trainer, resumed there, would train one more step (it checks the step count after a step)."""
+        state = json.loads((checkpoint / "trainer_state.json").read_text())
+        return state["global_step"] >= state["max_steps"] > 0
+
+    def finish_from(self, checkpoint: Path) -> dict:
+        """The finished training of `checkpoint`, without a step more: its weights, state and sums
+        (the best model's weights where the run keeps the best); this part trained nothing."""
+        from transformers.trainer_callback import TrainerState
+
+        self._load_from_checkpoint(str(checkpoint))
+        self.state = TrainerState.load_from_json(str(checkpoint / "trainer_state.json"))
+        if self.args.load_best_model_at_end and self.state.best_model_checkpoint:
+            self._load_best_model()
+        metrics = {"train_runtime": 0.0, "train_samples_per_second": 0.0, "train_steps_per_second": 0.0,
+                   "total_flos": self.state.total_flos, "epoch": self.state.epoch, **self.throughput(0.0)}
+        metrics["train_loss"] = self.train_loss()
+        return metrics
+
     def train_loss(self) -> float:
         """The mean training loss over all steps of the run. Trainer's own `train_loss` averages only
         the steps since the last resume, so a resumed run would report another figure."""
-        (total,) = summed_over_processes(self.loss_sum)
+        (total,) = summed_over_processes(self.read_sums()[2])
         return total / world_size() / max(self.state.global_step, 1)
 
     def throughput(self, runtime: float) -> dict[str, float]:
         """Real tokens and examples per second over the training run, summed over processes."""
-        tokens, examples = summed_over_processes(self.real_tokens, self.examples_seen)
+        tokens, examples, _, masked = self.read_sums()
+        tokens, examples, masked = summed_over_processes(tokens, examples, masked)
         runtime = max(runtime, 1e-9)
         training = max(runtime - self.aside_seconds, 1e-9)  # evaluation and checkpoints set aside
         return {
             "train_real_tokens": int(tokens),
+            "train_masked_tokens": int(masked),
             "train_tokens_per_second": round(tokens / runtime, 3),
             "train_examples_per_second": round(examples / runtime, 3),
             "train_step_seconds": round(training, 3),
             "train_step_examples_per_second": round(examples / training, 3),
         }
+
+
+class FiniteLossCheck(TrainerCallback):
+    """Reads the trainer's non-finite-loss flag where the host reads anyway: at logging steps,
+    before saves and evaluations, and at the end."""
+
+    def __init__(self, trainer: CountingTrainer):
+        self.trainer = trainer
+
+    def on_step_end(self, args, state, control, **kwargs):
+        if control.should_log or control.should_save or control.should_evaluate or control.should_training_stop:
+            self.trainer.raise_if_diverged()
+
+    def on_train_end(self, args, state, control, **kwargs):
+        self.trainer.raise_if_diverged()

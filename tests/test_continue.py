@@ -1,0 +1,71 @@
+"""`bigmodel pretrain --model`: continued masked-LM pretraining from a checkpoint, with its own tokenizer."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import TINY, run_cli
+
+pytestmark = pytest.mark.smoke
+
+CONTINUE = ["pretrain", "--recipe", "pretrain/continue", "-q", "--set", f"data.train_files=[{TINY / 'tiny-corpus.txt'}]",
+            "--set", "training.time_budget=null", "--set", "training.max_steps=20", "--set", "training.learning_rate=2e-3",
+            "--set", "training.report_to=[none]", "--set", "data.max_seq_length=64", "--set", "training.save_steps=10"]
+
+
+def perplexity(model_dir, held_out) -> float:
+    result = run_cli("eval", "--model", model_dir, "--task", "mlm", "--data-file", held_out, "--json")
+    assert result.returncode == 0, result.stderr[-2000:]
+    return json.loads(result.stdout.strip().splitlines()[-1])["perplexity"]
+
+
+def test_continuing_a_masked_lm_keeps_its_tokenizer_and_lowers_its_perplexity(tmp_path, pretrained):
+    run_dir = tmp_path / "continued"
+    result = run_cli(*CONTINUE, "--model", pretrained, "-o", run_dir)
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (run_dir / "tokenizer.json").read_bytes() == (pretrained / "tokenizer.json").read_bytes()
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    assert metrics["train_real_tokens"] > 0 and metrics["model_parameters"] == json.loads(
+        (pretrained / "metrics.json").read_text())["model_parameters"]
+    held_out = tmp_path / "held-out.txt"  # lines the continued run held out and never trained on
+    lines = [line for line in (TINY / "tiny-corpus.txt").read_text().splitlines() if line.strip()]
+    held_out.write_text("\n".join(lines[-60:]) + "\n")
+    assert perplexity(run_dir, held_out) < perplexity(pretrained, held_out)
+    from transformers import AutoModelForMaskedLM
+
+    assert type(AutoModelForMaskedLM.from_pretrained(run_dir)).__name__ == "BertForMaskedLM"
+
+
+def test_a_checkpoint_without_an_mlm_head_gets_a_fresh_one_tied_to_its_embeddings(tmp_path, pretrained):
+    from transformers import AutoModel, AutoModelForMaskedLM, AutoTokenizer
+
+    encoder = tmp_path / "encoder"
+    AutoModel.from_pretrained(pretrained).save_pretrained(encoder)  # a bare BertModel, as sentence encoders ship
+    AutoTokenizer.from_pretrained(pretrained).save_pretrained(encoder)
+    run_dir = tmp_path / "continued"
+    result = run_cli(*CONTINUE[:3], *CONTINUE[4:], "--model", encoder, "-o", run_dir)  # not quiet: the header shows
+    assert result.returncode == 0, result.stderr[-2000:]
+    header = next(line for line in result.stderr.splitlines() if line.startswith("bigmodel pretrain"))
+    assert f"continued from {encoder}, with a fresh MLM head tied to its embeddings" in header
+    model = AutoModelForMaskedLM.from_pretrained(run_dir)
+    assert model.cls.predictions.decoder.weight.data_ptr() == model.bert.embeddings.word_embeddings.weight.data_ptr()
+
+
+def test_a_checkpoint_that_cannot_become_a_masked_lm_stops_before_any_folder_is_made(tmp_path):
+    from transformers import GPT2Config, GPT2LMHeadModel
+
+    gpt = tmp_path / "gpt"
+    GPT2LMHeadModel(GPT2Config(n_layer=1, n_embd=16, n_head=2, vocab_size=50)).save_pretrained(gpt)
+    result = run_cli(*CONTINUE, "--model", gpt, "-o", tmp_path / "run")
+    assert result.returncode == 2, result.stderr[-1500:]
+    err = result.stderr.strip()
+    assert "Traceback" not in err and len(err.splitlines()) == 1
+    assert err.startswith("error: model.name_or_path") and "gpt2 checkpoint, which cannot become a masked LM" in err
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_shape_key_the_checkpoint_contradicts_names_the_key(tmp_path, pretrained):
+    result = run_cli("pretrain", "-r", "pretrain/tiny-debug", "--model", pretrained, "-q", "--set", "model.num_hidden_layers=4",
+                     "-o", tmp_path / "run")
+    assert result.returncode == 2 and "model.num_hidden_layers 4 differs from" in result.stderr, result.stderr[-1500:]

@@ -1,0 +1,130 @@
+"""The user's settings win or stop the run: every recipe value set is honoured, or a one-line error
+names the conflicting keys; and the fast kernels go only on the model classes they are tested on."""
+
+from __future__ import annotations
+
+import math
+
+import pytest
+
+from bigmodel_cli.errors import BigmodelError
+from bigmodel_cli.recipe import FinetuneRecipe, PretrainRecipe, TrainingSection
+
+pytestmark = pytest.mark.unit
+
+
+def training(**values) -> TrainingSection:
+    return TrainingSection.model_validate(values)
+
+
+def test_an_accumulation_the_user_set_is_honoured_under_a_global_batch():
+    from bigmodel_cli.trainer.arguments import batch_layout
+
+    assert batch_layout(training(global_batch_size=16, per_device_train_batch_size=16), 1) == (16, 1)  # derived
+    assert batch_layout(training(global_batch_size=16, per_device_train_batch_size=16, gradient_accumulation_steps=4), 1) == (4, 4)
+    assert batch_layout(training(global_batch_size=16, gradient_accumulation_steps=2), 2) == (4, 2)
+    assert batch_layout(training(per_device_train_batch_size=8, gradient_accumulation_steps=3), 2) == (8, 3)  # no global batch
+
+
+@pytest.mark.parametrize("values, processes", [
+    (dict(global_batch_size=16, gradient_accumulation_steps=3), 1),  # 16 is not 3 x something
+    (dict(global_batch_size=64, per_device_train_batch_size=8, gradient_accumulation_steps=2), 1),  # 32 > 8 per device
+])
+def test_a_global_batch_that_cannot_honour_the_accumulation_names_the_keys(values, processes):
+    from bigmodel_cli.trainer.arguments import batch_layout
+
+    with pytest.raises(BigmodelError) as error:
+        batch_layout(training(**values), processes)
+    for key in ("training.global_batch_size", "training.gradient_accumulation_steps", "training.per_device_train_batch_size"):
+        assert key in str(error.value)
+
+
+def finetune_recipe(**values) -> FinetuneRecipe:
+    return FinetuneRecipe.model_validate({"data": {"task": "mrpc"}, "training": values})
+
+
+def test_finetune_keeps_the_best_epoch_unless_told_and_never_overrides_a_save_schedule_set():
+    from bigmodel_cli.classification.finetuning import best_epoch_arguments
+
+    kept = best_epoch_arguments(finetune_recipe(), "f1")
+    assert kept["load_best_model_at_end"] and kept["save_strategy"] == "epoch" and kept["metric_for_best_model"] == "eval_f1"
+    assert best_epoch_arguments(finetune_recipe(load_best_model_at_end=False), "f1") == {"load_best_model_at_end": False}
+    assert best_epoch_arguments(finetune_recipe(eval_strategy="no"), "f1") == {"load_best_model_at_end": False}
+    steps = best_epoch_arguments(finetune_recipe(eval_strategy="steps", eval_steps=50, save_strategy="steps", save_steps=50), "f1")
+    assert (steps["save_strategy"], steps["save_steps"]) == ("steps", 50)
+    for values, keys in [
+        (dict(save_strategy="no"), ["training.save_strategy", "training.eval_strategy", "training.load_best_model_at_end"]),
+        (dict(eval_strategy="steps", eval_steps=50, save_strategy="steps", save_steps=30), ["training.save_steps", "training.eval_steps"]),
+        (dict(eval_strategy="no", load_best_model_at_end=True), ["training.load_best_model_at_end", "training.eval_strategy"]),
+    ]:
+        with pytest.raises(BigmodelError) as error:
+            best_epoch_arguments(finetune_recipe(**values), "f1")
+        assert all(key in str(error.value) for key in keys), (values, str(error.value))
+
+
+def test_a_schedule_a_time_budget_cannot_follow_is_refused_when_the_recipe_loads():
+    from pydantic import ValidationError
+
+    corpus = {"train_files": ["x.txt"]}
+    with pytest.raises(ValidationError, match="training.lr_scheduler_type cosine_with_restarts cannot follow training.time_budget"):
+        PretrainRecipe.model_validate({"data": corpus, "training": {"time_budget": 60, "lr_scheduler_type": "cosine_with_restarts"}})
+    PretrainRecipe.model_validate({"data": corpus, "training": {"time_budget": 60, "lr_scheduler_type": "cosine"}})
+
+
+class Clock:
+    """A budget whose spent fraction the test sets."""
+
+    def __init__(self):
+        self.spent = 0.0
+
+    def fraction(self):
+        return self.spent
+
+
+@pytest.mark.parametrize("kind", ["linear", "cosine", "constant"])
+def test_the_budget_schedule_follows_the_type_and_the_warmup_asked(kind):
+    import torch
+
+    from bigmodel_cli.trainer.callbacks import budget_schedule
+
+    def factor(warmup, step, spent):
+        optimizer = torch.optim.SGD([torch.nn.Parameter(torch.zeros(1))], lr=1.0)
+        clock = Clock()
+        schedule = budget_schedule(optimizer, clock, warmup, kind)
+        clock.spent = spent
+        return schedule.lr_lambdas[0](step)
+
+    decayed = {"linear": 0.5, "cosine": 0.5 * (1 + math.cos(math.pi * 0.5)), "constant": 1.0}[kind]
+    assert factor(0.0, 100, 0.5) == pytest.approx(decayed)
+    assert factor(0.2, 100, 0.1) == pytest.approx(0.5)  # a fraction of the budget: half-way up at 10 %
+    assert factor(10, 5, 0.01) == pytest.approx(0.5)  # whole steps: half-way up at step 5 of 10, not 0
+    assert factor(10, 50, 0.5) == pytest.approx(decayed)  # after the warm-up steps, the decay over the budget
+    if kind != "constant":
+        assert factor(0.0, 100, 1.0) == pytest.approx(0.0, abs=1e-12)
+
+
+def tiny(config_class, model_class, **extra):
+    config = config_class(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                          intermediate_size=32, max_position_embeddings=64, **extra)
+    config._attn_implementation = "sdpa"
+    return model_class(config)
+
+
+def test_fast_kernels_go_on_tested_bert_classes_only():
+    from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification, RobertaConfig, RobertaForMaskedLM
+
+    from bigmodel_cli.kernels import FastDropout, speedups, tested_model
+    from bigmodel_cli.mlm.head import SparseHeadBertForMaskedLM
+
+    for model_class in (BertForMaskedLM, SparseHeadBertForMaskedLM, BertForSequenceClassification):
+        assert tested_model(tiny(BertConfig, model_class))
+    assert not tested_model(tiny(BertConfig, BertForMaskedLM, is_decoder=True))  # causal attention: not proven
+    roberta = tiny(RobertaConfig, RobertaForMaskedLM, pad_token_id=1)
+    said = speedups(roberta, first_token=True)
+    assert said.startswith("stock code path (RobertaForMaskedLM")
+    assert not any(isinstance(m, FastDropout) for m in roberta.modules())
+    assert roberta.config._attn_implementation == "sdpa"
+    bert = tiny(BertConfig, BertForSequenceClassification)
+    said = speedups(bert, first_token=True)
+    assert said == "fast paths: fast dropout and attention, first-token last layer"
+    assert any(isinstance(m, FastDropout) for m in bert.modules())
