@@ -107,6 +107,9 @@ class BertSection(Section):
     to continue (`name_or_path`), which brings its own shape and tokenizer."""
 
     name_or_path: str | None = None  # continue pretraining this checkpoint (folder or hub id); null: from scratch
+    # the family of a new model, each with the tokenizer it trains: bert (WordPiece), roberta (byte-level
+    # BPE, no token types), modernbert (rotary positions, GeGLU, local/global attention; byte-level BPE)
+    type: Literal["bert", "roberta", "modernbert"] = "bert"
     num_hidden_layers: int = Field(2, ge=1)  # transformer blocks
     hidden_size: int = Field(128, ge=8)  # width of every block
     num_attention_heads: int = Field(2, ge=1)  # must divide hidden_size
@@ -126,8 +129,8 @@ class BertSection(Section):
 
 
 class TokenizerSection(Section):
-    name_or_path: str | None = None  # an existing tokenizer; null trains a WordPiece one on the corpus
-    vocab_size: int = Field(30522, ge=16)  # size of the trained WordPiece vocabulary
+    name_or_path: str | None = None  # an existing tokenizer; null trains one on the corpus (model.type's kind)
+    vocab_size: int = Field(30522, ge=16)  # size of the trained vocabulary (WordPiece, or byte-level BPE)
     lowercase: bool = True  # lower-case and strip accents before splitting
     min_frequency: int = Field(2, ge=1)  # a pair must occur this often to become a token
 
@@ -160,6 +163,9 @@ class PretrainRecipe(Section):
 
     @model_validator(mode="after")
     def _fits(self) -> PretrainRecipe:
+        if self.model.type != "bert" and "packing" in self.data.model_fields_set and self.data.packing:
+            raise ValueError(f"data.packing is true but model.type is {self.model.type}: packed rows (block-diagonal "
+                             "masks, per-line positions) are proven for bert only; set data.packing=false")
         if self.model.name_or_path and self.tokenizer.name_or_path:
             raise ValueError(f"tokenizer.name_or_path {self.tokenizer.name_or_path} and model.name_or_path "
                              f"{self.model.name_or_path}: a continued checkpoint keeps its own tokenizer; remove "

@@ -143,13 +143,15 @@ def test_packed_rows_in_training_mode_match_the_stock_model():
         def __len__(self):
             return 100
 
-    config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
-                        hidden_dropout_prob=NO_DROP, attention_probs_dropout_prob=NO_DROP)
+    def config():  # one each: the attention implementation is set on the config
+        return BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                          hidden_dropout_prob=NO_DROP, attention_probs_dropout_prob=NO_DROP)
+
     torch.manual_seed(0)
-    stock = BertForMaskedLM(config).train()
-    fast = BertForMaskedLM(config).train()
+    stock = BertForMaskedLM(config()).train()
+    fast = BertForMaskedLM(config()).train()
     fast.load_state_dict(stock.state_dict())
-    assert use_fast_dropout(fast)
+    assert use_fast_dropout(fast) and stock.config._attn_implementation == "sdpa"
 
     def line(n):
         return [2, *torch.randint(5, 100, (n,)).tolist(), 3]

@@ -119,15 +119,18 @@ def test_evaluation_shares_score_each_row_once_in_as_many_passes_on_every_proces
 
 TIES = """
 import sys
-from bigmodel_cli.mlm.tokenizer import save_tokenizer, train_wordpiece
+from bigmodel_cli.mlm.tokenizer import save_tokenizer, train_tokenizer
 from pathlib import Path
 lines = ["Wel come to the Tok en izers libr ary.", "abab cdcd efef ghgh ijij klkl mnmn", "xy yx zq qz wv vw uo ou"] * 5
-save_tokenizer(train_wordpiece(lines, vocab_size=70, lowercase=True, min_frequency=1, show_progress=False), Path(sys.argv[1]))
+size = 70 if sys.argv[2] == "bert" else 300
+trained = train_tokenizer(sys.argv[2], lines, vocab_size=size, lowercase=True, min_frequency=1, show_progress=False)
+save_tokenizer(trained, Path(sys.argv[1]))
 """
 
 
 @pytest.mark.unit
-def test_wordpiece_training_gives_the_same_file_in_every_process(tmp_path):
+@pytest.mark.parametrize("family", ["bert", "roberta", "modernbert"])
+def test_tokenizer_training_gives_the_same_file_in_every_process(tmp_path, family):
     """A corpus rich in ties between merges (huggingface/tokenizers#1794's own, and more): the stock
     trainer gives a different vocabulary in most fresh processes (6 of 6 differed here); ours the same
     tokenizer.json, byte for byte."""
@@ -138,15 +141,16 @@ def test_wordpiece_training_gives_the_same_file_in_every_process(tmp_path):
     for i in range(5):  # each in a process of its own: a hash map's order is fixed per process
         out = tmp_path / str(i)
         out.mkdir()
-        subprocess.run([sys.executable, "-c", TIES, str(out)], check=True, timeout=120)
+        subprocess.run([sys.executable, "-c", TIES, str(out), family], check=True, timeout=120)
         files.append((out / "tokenizer.json").read_bytes())
         assert not (out / "tmp-tokenizer").exists()
     assert all(f == files[0] for f in files)
     import json
 
     saved = json.loads(files[0])
-    assert [t["content"] for t in saved["added_tokens"]] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
-    assert "##b" in saved["model"]["vocab"]  # the continuing pieces are plain vocabulary
+    if family == "bert":
+        assert [t["content"] for t in saved["added_tokens"]] == ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
+        assert "##b" in saved["model"]["vocab"]  # the continuing pieces are plain vocabulary
 
 
 def corpus_lines() -> list[str]:

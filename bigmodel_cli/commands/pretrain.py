@@ -40,7 +40,7 @@ def run(recipe: PretrainRecipe, run_dir: Path, resume_from: Path | None = None, 
 
     from bigmodel_cli.kernels import speedups
     from bigmodel_cli.mlm.evaluation import perplexity
-    from bigmodel_cli.mlm.head import masked_lm
+    from bigmodel_cli.mlm.head import is_bert, masked_lm
     from bigmodel_cli.mlm.masking import MLMCollator
     from bigmodel_cli.mlm.text import load_corpus, tokenize_corpus
     from bigmodel_cli.mlm.tokenizer import get_tokenizer
@@ -58,9 +58,12 @@ def run(recipe: PretrainRecipe, run_dir: Path, resume_from: Path | None = None, 
     with args.main_process_first(local=False, desc="tokenizer and data"):
         raw = load_corpus(recipe)
         tokenizer = get_tokenizer(recipe, raw["train"], run_dir)
-        train_rows, eval_rows = tokenize_corpus(recipe, tokenizer, raw)
+        bert = is_bert(recipe)  # packing and the sparse head; other families: one line per row, the stock head
+        train_rows, eval_rows = tokenize_corpus(recipe, tokenizer, raw, packing=recipe.data.packing and bert)
     model, origin = masked_lm(recipe, tokenizer)
     notes = [origin, speedups(model)]
+    if not bert and recipe.data.packing:
+        notes.append("one line per row (packing is proven for bert only)")
     stop = GracefulStop()
     budget = TimeBudget(recipe.training.time_budget) if recipe.training.time_budget else None
     if budget is not None:
@@ -75,12 +78,17 @@ def run(recipe: PretrainRecipe, run_dir: Path, resume_from: Path | None = None, 
         args=args,
         train_dataset=train_rows,
         eval_dataset=eval_rows,
-        data_collator=MLMCollator(tokenizer, probability, seed, positions=True, whole_words=words),
-        eval_data_collator=MLMCollator(tokenizer, probability, seed, "held_out_masks", positions=True, whole_words=words),
+        data_collator=MLMCollator(tokenizer, probability, seed, positions=bert, whole_words=words, position_ids=bert),
+        eval_data_collator=MLMCollator(tokenizer, probability, seed, "held_out_masks", positions=bert, whole_words=words,
+                                       position_ids=bert),
         pad_token_id=tokenizer.pad_token_id,
         budget=budget,
         callbacks=[header, stop, budget] if budget else [header, stop],  # before the progress bar
     )
+    if not bert:  # a stock head that takes a plain mean (RoBERTa's): Trainer scales it instead of passing the count
+        import inspect
+
+        trainer.model_accepts_loss_kwargs = "self.loss_function(" in inspect.getsource(type(model).forward)
     if args.process_index == 0:
         dump_recipe(recipe, run_dir / RECIPE_FILE, f"bigmodel pretrain: {shlex.join(sys.argv[1:])}")
     metrics = trainer.train_and_measure(resume_from, stop)

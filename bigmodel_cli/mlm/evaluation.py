@@ -10,8 +10,10 @@ import math
 from pathlib import Path
 
 import torch
+import torch.nn.functional as F
 
 from bigmodel_cli.errors import BigmodelError
+from bigmodel_cli.mlm.head import SparseHeadBertForMaskedLM
 
 
 def perplexity(loss: float) -> float:
@@ -35,7 +37,12 @@ def masked_loss_sums(model, collator, rows, batches, counted: int | None = None,
         for k, indices in enumerate(batches):
             batch = collator([rows[i] for i in indices])
             batch = prepare(batch) if prepare else batch
-            loss = model(**batch, num_items_in_batch=1).loss  # summed over the masked tokens
+            if isinstance(getattr(model, "module", model), SparseHeadBertForMaskedLM):
+                loss = model(**batch, num_items_in_batch=1).loss  # summed over the masked tokens
+            else:  # another family's stock head: its logits, summed here (its own loss may be a mean)
+                logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
+                loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch["labels"].reshape(-1),
+                                       ignore_index=-100, reduction="sum")
             if k < counted:
                 total += torch.stack([loss.detach().double().cpu(), (batch["labels"] != -100).sum().double().cpu()])
             if on_batch:
@@ -71,8 +78,10 @@ def score_text_file(model, tokenizer, data_file: str | Path, max_seq_length: int
     lines = load_dataset("text", data_files={"eval": str(data_file)})["eval"].filter(lambda r: bool(r["text"].strip()))
     if len(lines) == 0:
         raise BigmodelError(f"--data-file {data_file} has no non-blank lines")
-    rows = packed_dataset(tokenize_lines(lines, tokenizer, max_seq_length), max_seq_length, packing=True)
-    collator = MLMCollator(tokenizer, mlm_probability, seed, "held_out_masks", positions=True, whole_words=whole_words)
+    bert = isinstance(model, SparseHeadBertForMaskedLM)  # packed rows and the sparse head; one line per row else
+    rows = packed_dataset(tokenize_lines(lines, tokenizer, max_seq_length), max_seq_length, packing=bert)
+    collator = MLMCollator(tokenizer, mlm_probability, seed, "held_out_masks", positions=bert, whole_words=whole_words,
+                           position_ids=bert)
     was_training = model.training
     model.eval()
     try:

@@ -23,8 +23,40 @@ def bert_config(recipe: PretrainRecipe, tokenizer):
         vocab_size=len(tokenizer),
         pad_token_id=tokenizer.pad_token_id,
         architectures=["BertForMaskedLM"],
-        **recipe.model.model_dump(exclude={"name_or_path"}),
+        **recipe.model.model_dump(exclude={"name_or_path", "type"}),
     )
+
+
+def new_config(recipe: PretrainRecipe, tokenizer):
+    """The config of a new model of the recipe's family and shape (`model.type`)."""
+    m = recipe.model
+    if m.type == "bert":
+        return bert_config(recipe, tokenizer)
+    shape = dict(vocab_size=len(tokenizer), hidden_size=m.hidden_size, num_hidden_layers=m.num_hidden_layers,
+                 num_attention_heads=m.num_attention_heads, intermediate_size=m.intermediate_size,
+                 pad_token_id=tokenizer.pad_token_id)
+    if m.type == "roberta":
+        from transformers import RobertaConfig
+
+        return RobertaConfig(**shape, max_position_embeddings=m.max_position_embeddings + 2,  # positions start after pad
+                             type_vocab_size=1, bos_token_id=tokenizer.cls_token_id, eos_token_id=tokenizer.sep_token_id,
+                             hidden_dropout_prob=m.hidden_dropout_prob,
+                             attention_probs_dropout_prob=m.attention_probs_dropout_prob, architectures=["RobertaForMaskedLM"])
+    from transformers import ModernBertConfig
+
+    return ModernBertConfig(**shape, max_position_embeddings=m.max_position_embeddings, cls_token_id=tokenizer.cls_token_id,
+                            sep_token_id=tokenizer.sep_token_id, bos_token_id=tokenizer.cls_token_id,
+                            eos_token_id=tokenizer.sep_token_id, local_attention=min(128, m.max_position_embeddings),
+                            attention_dropout=m.attention_probs_dropout_prob, mlp_dropout=m.hidden_dropout_prob,
+                            embedding_dropout=m.hidden_dropout_prob, architectures=["ModernBertForMaskedLM"])
+
+
+def is_bert(recipe: PretrainRecipe) -> bool:
+    """Whether the run's model is a BERT (new, or the checkpoint continued): packing and the sparse
+    head are proven for BERT only; other families run the stock path, one line per row."""
+    if recipe.model.name_or_path:
+        return checkpoint_config(recipe).model_type == "bert"
+    return recipe.model.type == "bert"
 
 
 def masked_lm(recipe: PretrainRecipe, tokenizer):
@@ -32,7 +64,11 @@ def masked_lm(recipe: PretrainRecipe, tokenizer):
     checkpoint `model.name_or_path` as a masked LM. Shape keys the recipe sets must match the
     checkpoint's (a one-line error otherwise); dropout keys it sets are applied."""
     if not recipe.model.name_or_path:
-        return SparseHeadBertForMaskedLM(bert_config(recipe, tokenizer)), "new model"
+        if recipe.model.type == "bert":
+            return SparseHeadBertForMaskedLM(bert_config(recipe, tokenizer)), "new model"
+        from transformers import AutoModelForMaskedLM
+
+        return AutoModelForMaskedLM.from_config(new_config(recipe, tokenizer)), f"new {recipe.model.type} model"
     from transformers import AutoModelForMaskedLM
 
     from bigmodel_cli.errors import BigmodelError

@@ -53,7 +53,7 @@ class MLMCollator:
     """
 
     def __init__(self, tokenizer, mlm_probability: float = 0.15, seed: int = 42, stream: str = "masks",
-                 positions: bool = False, whole_words: bool = False):
+                 positions: bool = False, whole_words: bool = False, position_ids: bool = True):
         self.pad_id = tokenizer.pad_token_id
         self.mask_id = tokenizer.mask_token_id
         self.special = torch.tensor(sorted(set(tokenizer.all_special_ids)))
@@ -63,6 +63,7 @@ class MLMCollator:
         self.stream = stream  # "masks" in training; "held_out_masks" for the fixed evaluation masks
         self.positions = positions  # add `masked_positions` (flat indices) for the sparse head: no sync on GPU
         self.word_starts = word_start_table(tokenizer) if whole_words else None  # per id: does it begin a word?
+        self.position_ids = position_ids  # per-line positions (packing); off: the model numbers them (RoBERTa's offset)
         self.epoch = 0
 
     def _generator(self, example_id: int) -> torch.Generator:
@@ -105,7 +106,9 @@ class MLMCollator:
             if len(first):
                 b, t = first[0].tolist()
                 labels[b, t], input_ids[b, t] = input_ids[b, t], self.mask_id
-        out = {"input_ids": input_ids, "labels": labels, "position_ids": positions}
+        out = {"input_ids": input_ids, "labels": labels}
+        if self.position_ids:
+            out["position_ids"] = positions
         if self.positions:
             out["masked_positions"] = (labels.reshape(-1) != -100).nonzero().squeeze(1)
         if all(len(r["lengths"]) == 1 for r in rows):

@@ -111,10 +111,10 @@ def packed_dataset(examples, max_seq_length: int, packing: bool):
     )
 
 
-def tokenize_corpus(recipe: PretrainRecipe, tokenizer, raw):
-    """Lines -> examples (long lines split, not dropped) -> rows (packed unless data.packing=false)."""
+def tokenize_corpus(recipe: PretrainRecipe, tokenizer, raw, packing: bool):
+    """Lines -> examples (long lines split, not dropped) -> rows (packed when `packing`)."""
     rows = []
     for split in ("train", "validation"):
         examples = tokenize_lines(raw[split], tokenizer, recipe.data.max_seq_length)
-        rows.append(packed_dataset(examples, recipe.data.max_seq_length, recipe.data.packing))
+        rows.append(packed_dataset(examples, recipe.data.max_seq_length, packing))
     return rows

@@ -74,6 +74,50 @@ def train_wordpiece(lines: Sequence[str], vocab_size: int, lowercase: bool, min_
     )
 
 
+BPE_SPECIALS = {  # the special tokens of each byte-level BPE family, in id order
+    "roberta": ["<s>", "<pad>", "</s>", "<unk>", "<mask>"],
+    "modernbert": ["[CLS]", "[PAD]", "[SEP]", "[UNK]", "[MASK]"],
+}
+
+
+def train_byte_level_bpe(lines: Sequence[str], family: str, vocab_size: int, lowercase: bool, min_frequency: int,
+                         show_progress=True):
+    """A byte-level BPE tokenizer (GPT-2's byte alphabet: no unknown tokens) with the family's special
+    tokens and template: RoBERTa's `<s> A </s></s> B </s>`, ModernBERT's `[CLS] A [SEP] B [SEP]`. The BPE
+    trainer without a continuing-subword prefix numbers its tokens in a fixed order: deterministic."""
+    from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
+    from transformers import PreTrainedTokenizerFast, RobertaTokenizerFast
+
+    specials = BPE_SPECIALS[family]
+    tok = Tokenizer(models.BPE())
+    if lowercase:
+        tok.normalizer = normalizers.Lowercase()
+    tok.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    tok.decoder = decoders.ByteLevel()
+    trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials,
+                                  initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=show_progress)
+    tok.train_from_iterator(lines, trainer=trainer, length=len(lines))
+    if family == "roberta":
+        bos, pad, eos, unk, mask = specials
+        tok.post_processor = processors.RobertaProcessing((eos, tok.token_to_id(eos)), (bos, tok.token_to_id(bos)))
+        return RobertaTokenizerFast(tokenizer_object=tok, bos_token=bos, eos_token=eos, sep_token=eos, cls_token=bos,
+                                    unk_token=unk, pad_token=pad, mask_token=mask)
+    cls, pad, sep, unk, mask = specials
+    tok.post_processor = processors.TemplateProcessing(
+        single=f"{cls} $A {sep}", pair=f"{cls} $A {sep} $B:1 {sep}:1",
+        special_tokens=[(cls, tok.token_to_id(cls)), (sep, tok.token_to_id(sep))])
+    return PreTrainedTokenizerFast(tokenizer_object=tok, cls_token=cls, sep_token=sep, pad_token=pad, unk_token=unk,
+                                   mask_token=mask)
+
+
+def train_tokenizer(family: str, lines: Sequence[str], vocab_size: int, lowercase: bool, min_frequency: int,
+                    show_progress=True):
+    """The tokenizer a new model of `family` trains on the corpus: WordPiece for bert, byte-level BPE else."""
+    if family == "bert":
+        return train_wordpiece(lines, vocab_size, lowercase, min_frequency, show_progress)
+    return train_byte_level_bpe(lines, family, vocab_size, lowercase, min_frequency, show_progress)
+
+
 def unknown_rate(tokenizer, lines: list[str]) -> float:
     """Share of word-piece tokens that are [UNK]: a tokenizer that does not fit the corpus shows
     here before any training."""
@@ -98,11 +142,12 @@ def get_tokenizer(recipe: PretrainRecipe, train_lines, run_dir: Path):
         except (OSError, ValueError) as e:
             raise BigmodelError(f"tokenizer.name_or_path '{source}' is not a tokenizer ({e.__class__.__name__})") from None
     else:
-        save_tokenizer(train_wordpiece(train_lines["text"], spec.vocab_size, spec.lowercase, spec.min_frequency), run_dir)
+        trained = train_tokenizer(recipe.model.type, train_lines["text"], spec.vocab_size, spec.lowercase, spec.min_frequency)
+        save_tokenizer(trained, run_dir)
         # Used as loaded back, as a resumed run uses it: both then write the very same files at the end.
         tokenizer = AutoTokenizer.from_pretrained(str(run_dir))
     if tokenizer.mask_token_id is None or tokenizer.pad_token_id is None:
-        raise BigmodelError(f"tokenizer '{source}' has no [MASK] or [PAD] token; masked-LM training needs both")
+        raise BigmodelError(f"tokenizer '{source}' has no mask or padding token; masked-LM training needs both")
     if recipe.data.whole_word_masking:  # a tokenizer without word boundaries stops here, before tokenizing
         from bigmodel_cli.mlm.masking import word_start_table
 
