@@ -42,14 +42,17 @@ import torch  # noqa: E402
 EVAL_ROUNDS = 7
 
 
-def gemm_peak(dtype=torch.float32, n=1024, seconds=2.0) -> float:
-    a, b = torch.randn(n, n, dtype=dtype), torch.randn(n, n, dtype=dtype)
+def gemm_peak(dtype=torch.float32, n=1024, seconds=2.0, device="cpu") -> float:
+    a, b = torch.randn(n, n, dtype=dtype, device=device), torch.randn(n, n, dtype=dtype, device=device)
     for _ in range(3):
         a @ b
+    sync = torch.cuda.synchronize if device == "cuda" else (lambda: None)
+    sync()
     runs, start = 0, time.perf_counter()
     while time.perf_counter() - start < seconds:
         a @ b
         runs += 1
+    sync()
     return 2 * n**3 * runs / (time.perf_counter() - start)
 
 
@@ -187,7 +190,7 @@ def finetune_peer(mrpc: Path, work: Path, max_steps: int, epochs: float):
     args = TrainingArguments(output_dir=str(work / "peer-finetune"), per_device_train_batch_size=32,
                              per_device_eval_batch_size=8, learning_rate=2e-5, num_train_epochs=epochs,
                              max_steps=max_steps, save_strategy="no", eval_strategy="no", report_to="none",
-                             disable_tqdm=True, seed=42, use_cpu=True, logging_steps=50)
+                             disable_tqdm=True, seed=42, use_cpu=not torch.cuda.is_available(), logging_steps=50)
 
     def metrics(p):
         return task_metrics(task.metrics, np.argmax(p.predictions, axis=-1), p.label_ids)
@@ -266,6 +269,41 @@ def pretrain_peer(corpus: Path, work: Path, budget: float, tokenizer_dir: Path) 
             "train_real_tokens": counts["train_real_tokens"], "model_parameters": model.num_parameters()}
 
 
+def pretrain_base(corpus: Path, work: Path, budget: float, bf16: bool, dry_run: bool) -> dict:
+    """`pretrain/bert-base` (12 x 768, 128 tokens) for `budget` seconds, fp32 or bf16: real tokens/s, MFU."""
+    from bigmodel_cli.commands import pretrain
+    from bigmodel_cli.recipe import load_recipe
+
+    overrides = [f"data.train_files=[{corpus}]", f"training.time_budget={budget}", "training.max_steps=-1",
+                 "training.report_to=[none]", "training.save_strategy=no", "training.eval_strategy=no",
+                 f"training.bf16={str(bf16).lower()}", "tokenizer.vocab_size=30522"]
+    if dry_run:  # the plumbing only, on a CPU: a small model and batch
+        overrides += ["model.num_hidden_layers=2", "model.hidden_size=64", "model.num_attention_heads=2",
+                      "model.intermediate_size=128", "training.global_batch_size=16", "training.per_device_train_batch_size=16"]
+    recipe, _ = load_recipe("pretrain", "pretrain/bert-base", overrides=overrides)
+    metrics = pretrain.run(recipe, work / f"base-{'bf16' if bf16 else 'fp32'}", quiet=True)
+    keys = ("train_tokens_per_second", "train_model_flops_per_second", "model_flops_utilization", "train_real_tokens",
+            "train_step_seconds", "perplexity")
+    return {k: metrics[k] for k in keys if k in metrics}
+
+
+def nccl_launch(work: Path, dry_run: bool) -> dict:
+    """One process under torchrun: the process group is NCCL on a GPU (gloo on a CPU dry run), so the
+    collectives (the time budget's clock every step, the final sums) run as a multi-GPU run's do."""
+    import subprocess
+
+    run_dir = work / "launch"
+    command = [sys.executable, "-m", "torch.distributed.run", "--nproc_per_node", "1", "-m", "bigmodel_cli", "pretrain",
+               "-r", "pretrain/tiny-debug", "-o", str(run_dir), "-q", "--set", "training.max_steps=-1",
+               "--set", f"training.time_budget={5 if dry_run else 20}", "--set", "training.report_to=[none]"]
+    start = time.perf_counter()
+    result = subprocess.run(command, capture_output=True, text=True, timeout=600)
+    metrics = json.loads((run_dir / "metrics.json").read_text()) if (run_dir / "metrics.json").is_file() else {}
+    return {"returncode": result.returncode, "backend": "nccl" if torch.cuda.is_available() else "gloo",
+            "seconds": time.perf_counter() - start, "perplexity": metrics.get("perplexity"),
+            "stderr_tail": result.stderr[-1500:] if result.returncode else ""}
+
+
 def held_out_perplexity(run_dir: Path, lines: list[str], work: Path) -> float:
     from bigmodel_cli.commands.evaluate import evaluate_mlm_on
 
@@ -298,6 +336,49 @@ def finetune_flops_per_example(mrpc: Path, run_dir: Path) -> tuple[float, float]
     return 6 * per_token * mean[0], 2 * per_token * mean[1]
 
 
+def gpu_sections(opts, mrpc: Path, corpus: Path, work: Path, report: dict, save) -> None:
+    """`make bench-gpu`: each side in its own process, one after the other, on one GPU."""
+    dry = opts.dry_run
+    device = "cuda" if torch.cuda.is_available() else "cpu"
+    report["machine"] = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu (dry run)",
+                         "torch": torch.__version__}
+    report["gemm_peak_flops"] = {"fp32": gemm_peak(torch.float32, 4096 if device == "cuda" else 512, 2.0, device),
+                                 "bf16": gemm_peak(torch.bfloat16, 4096 if device == "cuda" else 512, 2.0, device)}
+    steps, epochs = (5, 1.0) if dry else (-1, 3.0)  # run_glue.py's 3 epochs; ours the shipped recipe's
+    peer, ours, rounds = train_then_evaluate(mrpc, work, (steps, epochs), ["training.max_steps=5"] if dry else [])
+    middle = medians(rounds)
+    report["finetune"] = {"peer": peer, "ours": ours, "rounds": rounds, "ratio": {
+        "train_samples_per_second": ours["train_samples_per_second"] / peer["train_samples_per_second"],
+        "eval_samples_per_second": middle["ratio"]}}
+    save()
+    budget = 8.0 if dry else 60.0
+    with side_process(True) as side:
+        ours = side.submit(_train, "pretrain_ours", corpus, work, budget, None).result()
+    with side_process(False) as side:
+        peer = side.submit(_train, "pretrain_peer", corpus, work, budget, work / "ours-pretrain").result()
+    from bigmodel_cli.mlm.text import load_corpus
+    from bigmodel_cli.recipe import load_recipe
+
+    recipe, _ = load_recipe("pretrain", "pretrain/bert-tiny", overrides=[f"data.train_files=[{corpus}]"])
+    held = list(load_corpus(recipe)["validation"]["text"])
+    ours["perplexity"] = held_out_perplexity(work / "ours-pretrain", held, work)
+    peer["perplexity"] = held_out_perplexity(work / "peer-pretrain", held, work)
+    report["pretrain_tiny"] = {"budget_seconds": budget, "peer": peer, "ours": ours, "ratio": {
+        "train_tokens_per_second": ours["train_tokens_per_second"] / peer["train_tokens_per_second"],
+        "perplexity": ours["perplexity"] / peer["perplexity"]}}
+    save()
+    base = {}
+    for bf16 in (False, True):
+        with side_process(True) as side:
+            base["bf16" if bf16 else "fp32"] = side.submit(_train, "pretrain_base", corpus, work, 8.0 if dry else 45.0,
+                                                           bf16, dry).result()
+    base["bf16_over_fp32"] = base["bf16"]["train_tokens_per_second"] / base["fp32"]["train_tokens_per_second"]
+    report["pretrain_base"] = base
+    save()
+    report["nccl_launch"] = nccl_launch(work, dry)
+    save()
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path("../shared/data"))
@@ -305,7 +386,13 @@ def main() -> None:
     parser.add_argument("--quick", action="store_true", help="a few minutes: 60 s budgets, 40 fine-tuning steps")
     parser.add_argument("--only", choices=["finetune", "pretrain", "eval"], default=None,
                         help="eval: fine-tuning's evaluation speed alone, on models trained one step (minutes)")
+    parser.add_argument("--gpu", action="store_true", help="one GPU: finetune, BERT-tiny and BERT-base pretraining "
+                        "(fp32 and bf16, MFU), a one-process NCCL launch; under 8 minutes")
+    parser.add_argument("--dry-run", action="store_true", help="with --gpu: the same sections on any device, seconds "
+                        "each, to check the script before a GPU's time is spent")
     opts = parser.parse_args()
+    if opts.gpu and not opts.dry_run and not torch.cuda.is_available():
+        sys.exit("error: --gpu needs a CUDA GPU (add --dry-run to check the script on this machine)")
     mrpc, corpus = opts.data / "glue" / "mrpc", opts.data / "wikitext-2" / "wiki.valid.tokens"
     for path in (mrpc / "train.tsv", corpus):
         if not path.is_file():
@@ -316,6 +403,11 @@ def main() -> None:
     def save() -> None:  # after each section, so a long run that breaks keeps what it measured
         opts.out.write_text(json.dumps(report, indent=2) + "\n")
 
+    if opts.gpu:
+        report = {"mode": "gpu-dry-run" if opts.dry_run else "gpu"}
+        gpu_sections(opts, mrpc, corpus, work, report, save)
+        print(json.dumps(report, indent=2))
+        return
     report: dict = {"machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                                 "torch": torch.__version__},
                     "mode": "eval-only" if opts.only == "eval" else "quick" if opts.quick else "full",

@@ -272,3 +272,37 @@ def test_gpu_attention_builds_masks_without_a_host_sync_and_computes_what_stock_
             got = gpu(input_ids=ids, attention_mask=mask).logits
             assert not reads
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
+
+
+def test_fast_paths_under_bf16_autocast_stay_within_bf16_rounding_of_fp32():
+    """The folded last layer, the fast dropout's attention and the sparse MLM head under bf16 autocast
+    (as `training.bf16` runs them on a GPU), against the stock fp32 model: within 0.05 absolute on
+    logits of size ~1 and on the loss (bf16 keeps 8 bits of mantissa: ~0.4 % per rounding)."""
+    from transformers import BertForMaskedLM
+
+    from bigmodel_cli.mlm.head import SparseHeadBertForMaskedLM
+
+    stock, fast = twins(NO_DROP)
+    assert use_fast_dropout(fast) and classify_from_first_token(fast)
+    stock.train()
+    fast.train()
+    ids = torch.randint(5, 100, (4, 12))
+    mask = torch.ones(4, 12, dtype=torch.long)
+    mask[1, 8:] = 0
+    labels = torch.tensor([0, 1, 1, 0])
+    expected = stock(input_ids=ids, attention_mask=mask, labels=labels)
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        got = fast(input_ids=ids, attention_mask=mask, labels=labels)
+    assert got.logits.dtype == torch.bfloat16  # the fast path ran in bf16, not silently in fp32
+    torch.testing.assert_close(got.logits.float(), expected.logits, rtol=0, atol=0.05)
+    assert abs(got.loss.item() - expected.loss.item()) < 0.05
+    torch.manual_seed(0)
+    config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
+                        hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
+    sparse, full = SparseHeadBertForMaskedLM(config), BertForMaskedLM(BertConfig(**config.to_dict()))
+    full.load_state_dict(sparse.state_dict())
+    mlm_labels = torch.where(torch.rand(4, 12) < 0.3, ids, torch.full_like(ids, -100))
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        sparse_loss = sparse(input_ids=ids, attention_mask=mask, labels=mlm_labels).loss
+    full_loss = full(input_ids=ids, attention_mask=mask, labels=mlm_labels).loss
+    assert abs(sparse_loss.item() - full_loss.item()) < 0.05

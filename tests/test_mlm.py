@@ -70,13 +70,19 @@ def test_masks_depend_on_seed_epoch_and_example_only():
     assert 0 < (labels != -100).sum() < len(A)
 
 
-def test_packed_rows_equal_separate_rows_and_sparse_head_equals_full_head():
+def sparse_and_full(training: bool):
+    """The sparse-head model and a stock `BertForMaskedLM` with its weights, dropout off."""
     torch.manual_seed(0)
     config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
                         intermediate_size=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    sparse = SparseHeadBertForMaskedLM(config).eval()
-    full = BertForMaskedLM(config).eval()
+    sparse = SparseHeadBertForMaskedLM(config).train(training)
+    full = BertForMaskedLM(config).train(training)
     full.load_state_dict(sparse.state_dict())
+    return sparse, full
+
+
+def test_packed_rows_equal_separate_rows_and_sparse_head_equals_full_head():
+    sparse, full = sparse_and_full(training=False)
     collator = MLMCollator(FakeTokenizer(), 0.3, seed=1)
     packed = collator([row([A, B], [7, 8])])
     separate = collator([row([A], [7]), row([B], [8])])
@@ -92,12 +98,7 @@ def test_packed_rows_equal_separate_rows_and_sparse_head_equals_full_head():
 def test_sparse_head_gives_the_full_heads_loss_and_gradients():
     """Training mode, dropout off: the sparse head's loss and every parameter's gradient equal the
     stock `BertForMaskedLM`'s (the README says "exactly": within float rounding)."""
-    torch.manual_seed(0)
-    config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=2,
-                        intermediate_size=64, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
-    sparse = SparseHeadBertForMaskedLM(config).train()
-    full = BertForMaskedLM(config).train()
-    full.load_state_dict(sparse.state_dict())
+    sparse, full = sparse_and_full(training=True)
     batch = MLMCollator(FakeTokenizer(), 0.3, seed=1)([row([A, B], [7, 8]), row([B], [9])])
     sparse_loss, full_loss = sparse(**batch).loss, full(**batch).loss
     sparse_loss.backward()
