@@ -107,6 +107,9 @@ class BertSection(Section):
     to continue (`name_or_path`), which brings its own shape and tokenizer."""
 
     name_or_path: str | None = None  # continue pretraining this checkpoint (folder or hub id); null: from scratch
+    # a checkpoint without an MLM head: its fresh head trains alone for this share of the run (of the time
+    # budget, else of the steps) before the encoder joins, so random head gradients do not wash through it
+    fresh_head_warmup: float = Field(0.2, ge=0, lt=1)
     # the family of a new model, each with the tokenizer it trains: bert (WordPiece), roberta (byte-level
     # BPE, no token types), modernbert (rotary positions, GeGLU, local/global attention; byte-level BPE)
     type: Literal["bert", "roberta", "modernbert"] = "bert"

@@ -69,3 +69,27 @@ def test_a_shape_key_the_checkpoint_contradicts_names_the_key(tmp_path, pretrain
     result = run_cli("pretrain", "-r", "pretrain/tiny-debug", "--model", pretrained, "-q", "--set", "model.num_hidden_layers=4",
                      "-o", tmp_path / "run")
     assert result.returncode == 2 and "model.num_hidden_layers 4 differs from" in result.stderr, result.stderr[-1500:]
+
+
+@pytest.mark.unit
+def test_a_fresh_head_trains_alone_first():
+    """While it warms up, the encoder's gradients are dropped before each optimizer step (AdamW then
+    skips its parameters); the head's are kept; afterwards everything trains."""
+    import types
+
+    import torch
+    from transformers import BertConfig, BertForMaskedLM
+
+    from bigmodel_cli.mlm.trainer import HeadWarmup
+
+    model = BertForMaskedLM(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                       intermediate_size=32))
+    warmup = HeadWarmup(model, 0.25, budget=None)
+    for step, warming in ((0, True), (24, True), (25, False), (99, False)):
+        for parameter in model.parameters():
+            parameter.grad = torch.ones_like(parameter)
+        warmup.on_pre_optimizer_step(None, types.SimpleNamespace(global_step=step, max_steps=100), None)
+        named = dict(model.named_parameters())
+        assert (named["bert.encoder.layer.0.output.dense.weight"].grad is None) == warming
+        assert (named["bert.embeddings.word_embeddings.weight"].grad is None) == warming  # tied to the decoder
+        assert named["cls.predictions.transform.dense.weight"].grad is not None

@@ -62,6 +62,8 @@ def run(recipe: PretrainRecipe, run_dir: Path, resume_from: Path | None = None, 
         train_rows, eval_rows = tokenize_corpus(recipe, tokenizer, raw, packing=recipe.data.packing and bert)
     model, origin = masked_lm(recipe, tokenizer)
     notes = [origin, speedups(model)]
+    if getattr(model, "fresh_head", False) and recipe.model.fresh_head_warmup:
+        notes.append(f"the fresh head trains alone for the first {recipe.model.fresh_head_warmup:.0%} of the run")
     if not bert and recipe.data.packing:
         notes.append("one line per row (packing is proven for bert only)")
     stop = GracefulStop()
@@ -83,6 +85,7 @@ def run(recipe: PretrainRecipe, run_dir: Path, resume_from: Path | None = None, 
                                        position_ids=bert),
         pad_token_id=tokenizer.pad_token_id,
         budget=budget,
+        head_warmup=recipe.model.fresh_head_warmup if getattr(model, "fresh_head", False) else 0.0,
         callbacks=[header, stop, budget] if budget else [header, stop],  # before the progress bar
     )
     if not bert:  # a stock head that takes a plain mean (RoBERTa's): Trainer scales it instead of passing the count

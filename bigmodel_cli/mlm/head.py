@@ -88,6 +88,7 @@ def masked_lm(recipe: PretrainRecipe, tokenizer):
     except (OSError, ValueError) as e:
         raise model_error(name, e) from None
     head = {k for k in loading["missing_keys"] if not k.startswith(model.base_model_prefix + ".")}
+    model.fresh_head = bool(head)  # read by the trainer: a fresh head warms up before the encoder trains
     said = f"continued from {name}"
     return model, said + (", with a fresh MLM head tied to its embeddings" if head else ", its own MLM head")
 

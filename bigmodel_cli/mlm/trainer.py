@@ -4,6 +4,8 @@ from __future__ import annotations
 
 import json
 
+from transformers import TrainerCallback
+
 from bigmodel_cli.mlm.evaluation import masked_loss_sums, process_share
 from bigmodel_cli.mlm.masking import EpochToCollator
 from bigmodel_cli.trainer.callbacks import BudgetProgress, TimeBudget, budget_schedule
@@ -14,7 +16,8 @@ class MLMTrainer(CountingTrainer):
     """Evaluates with its own collator (fixed masks, so held-out perplexity is comparable between
     epochs and runs) and, with a time budget, lays the learning-rate schedule over the budget."""
 
-    def __init__(self, *args, eval_data_collator=None, budget: TimeBudget | None = None, **kwargs):
+    def __init__(self, *args, eval_data_collator=None, budget: TimeBudget | None = None, head_warmup: float = 0.0,
+                 **kwargs):
         super().__init__(*args, **kwargs)
         if budget is not None and not self.args.disable_tqdm:  # a bar in seconds, not in unknown steps
             from transformers.trainer_callback import ProgressCallback
@@ -24,6 +27,8 @@ class MLMTrainer(CountingTrainer):
         self.eval_data_collator = eval_data_collator
         self.budget = budget
         self.add_callback(EpochToCollator(self.data_collator))
+        if head_warmup > 0:
+            self.add_callback(HeadWarmup(self.model, head_warmup, budget))
 
     def get_eval_dataloader(self, eval_dataset=None):
         train_collator, self.data_collator = self.data_collator, self.eval_data_collator
@@ -85,3 +90,26 @@ class MLMTrainer(CountingTrainer):
         super().load_extra_state(state)
         if self.budget is not None and "budget_seconds_spent" in state:
             self.budget.resume_at(state["budget_seconds_spent"])
+
+
+class HeadWarmup(TrainerCallback):
+    """A fresh MLM head trains alone first: for the first `share` of the run (of the time budget, else
+    of the steps) the encoder's gradients are dropped before each optimizer step, so AdamW skips its
+    parameters (the tied word embeddings too) while the head's transform and bias learn; then the
+    encoder joins, with its optimizer state fresh. Decided by the step count or the budget's shared
+    clock, so a resumed run and every process drop the same steps."""
+
+    def __init__(self, model, share: float, budget: TimeBudget | None):
+        self.share, self.budget = share, budget
+        prefix = model.base_model_prefix + "."
+        self.encoder = [p for n, p in model.named_parameters() if n.startswith(prefix)]
+
+    def warming(self, state) -> bool:
+        if self.budget is not None:
+            return self.budget.fraction() < self.share
+        return state.global_step < self.share * state.max_steps
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        if self.warming(state):
+            for parameter in self.encoder:
+                parameter.grad = None
