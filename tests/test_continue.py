@@ -93,3 +93,25 @@ def test_a_fresh_head_trains_alone_first():
         assert (named["bert.encoder.layer.0.output.dense.weight"].grad is None) == warming
         assert (named["bert.embeddings.word_embeddings.weight"].grad is None) == warming  # tied to the decoder
         assert named["cls.predictions.transform.dense.weight"].grad is not None
+
+
+def test_a_continued_run_killed_before_its_end_resumes_to_the_uninterrupted_one(tmp_path, pretrained):
+    """Exact resume holds for continued pretraining too (the fresh head's warm-up included)."""
+    from safetensors.torch import load_file
+    from test_exact import killed_in
+    from transformers import AutoModel, AutoTokenizer
+
+    encoder = tmp_path / "encoder"
+    AutoModel.from_pretrained(pretrained).save_pretrained(encoder)  # head-less: the warm-up applies
+    AutoTokenizer.from_pretrained(pretrained).save_pretrained(encoder)
+    argv = [*CONTINUE, "--model", encoder]
+    straight = tmp_path / "straight"
+    assert run_cli(*argv, "-o", straight).returncode == 0
+    killed_in([*argv, "-o", tmp_path / "run"], "bigmodel_cli.trainer.trainer", "CountingTrainer", "training_step",
+              "args[0].state.global_step >= 13")
+    result = run_cli(*argv, "-o", tmp_path / "run")
+    assert result.returncode == 0 and f"resuming from {tmp_path / 'run' / 'checkpoint-10'}" in result.stderr
+    a, b = (json.loads((d / "metrics.json").read_text()) for d in (straight, tmp_path / "run"))
+    assert b["eval_loss"] == pytest.approx(a["eval_loss"], abs=1e-6) and b["train_loss"] == pytest.approx(a["train_loss"], abs=1e-6)
+    wa, wb = load_file(straight / "model.safetensors"), load_file(tmp_path / "run" / "model.safetensors")
+    assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-6
