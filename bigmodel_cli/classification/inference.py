@@ -3,7 +3,7 @@
 `evaluate_classifier` is what finetune writes in `metrics.json` and what `bigmodel eval` prints, so
 evaluating a finetune run reproduces its dev metrics. `write_predictions` streams a file through a
 classifier into JSON lines, for `bigmodel predict` and finetune's `data.test_file`. Neither changes
-the model it is given: the caller decides its kernels (`kernels.classify_from_first_token`).
+the model it is given: the caller decides its kernels (`model.load_saved_classifier` folds a saved one).
 """
 
 from __future__ import annotations

@@ -35,11 +35,8 @@ def evaluate_classifier_on(model_dir: str, task_name: str | None, split: str, da
     from bigmodel_cli.classification.inference import evaluate_classifier
     from bigmodel_cli.classification.model import load_saved_classifier
     from bigmodel_cli.classification.tasks import task_from_model
-    from bigmodel_cli.kernels import classify_from_first_token
 
-    model = load_saved_classifier(model_dir)
-    classify_from_first_token(model)  # a BERT classifier's last layer for [CLS] only: the same logits
-    tokenizer = load_tokenizer(model_dir)
+    model, tokenizer = load_saved_classifier(model_dir)
     task = task_from_model(model.config, task_name)
     if data_file:
         saved: FinetuneRecipe | None = read_saved_recipe(model_dir, "finetune")

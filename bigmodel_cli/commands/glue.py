@@ -102,15 +102,11 @@ def mismatched_accuracy(task: Task, folder: Path, run_dir: Path, seeds: int) -> 
     from bigmodel_cli.classification.data import encode, load_glue
     from bigmodel_cli.classification.inference import evaluate_classifier
     from bigmodel_cli.classification.model import load_saved_classifier
-    from bigmodel_cli.kernels import classify_from_first_token
-    from bigmodel_cli.models import load_tokenizer
 
     dirs = sorted(run_dir.glob("seed-*")) if seeds > 1 else [run_dir]
     accuracies = []
     for model_dir in dirs:
-        model = load_saved_classifier(str(model_dir))
-        classify_from_first_token(model)
-        tokenizer = load_tokenizer(str(model_dir))
+        model, tokenizer = load_saved_classifier(str(model_dir))
         data = encode(load_glue(task, "validation_mismatched", str(folder)), tokenizer)
         accuracies.append(evaluate_classifier(model, tokenizer, data, task)["eval_accuracy"])
     return statistics.fmean(accuracies)

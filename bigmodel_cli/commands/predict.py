@@ -31,17 +31,13 @@ def run(model_dir: str, texts: list[str], input_file: str | None, output: str | 
     """Predict and write JSON lines to `output` (or stdout). Returns the number of examples."""
     from bigmodel_cli.classification.inference import predict_rows, sink, write_predictions
     from bigmodel_cli.classification.model import load_saved_classifier
-    from bigmodel_cli.kernels import classify_from_first_token
-    from bigmodel_cli.models import load_tokenizer
 
     if bool(texts) == bool(input_file):
         raise BigmodelError("give either --text (and --text-pair) or --input-file")
     if output and Path(output).exists():
         raise BigmodelError(f"--output {output} already exists; choose another file (nothing was overwritten)")
     path = check_text_file(input_file, "--input-file") if input_file else None
-    model = load_saved_classifier(model_dir)
-    classify_from_first_token(model)  # a BERT classifier's last layer for [CLS] only: the same logits
-    tokenizer = load_tokenizer(model_dir)
+    model, tokenizer = load_saved_classifier(model_dir)
     if texts:
         columns = ["sentence1", "sentence2"][: len(texts)]
         with sink(output) as out:
