@@ -40,7 +40,7 @@ def run(recipe: PretrainRecipe, run_dir: Path, resume_from: Path | None = None, 
 
     from bigmodel_cli.kernels import speedups
     from bigmodel_cli.mlm.evaluation import perplexity
-    from bigmodel_cli.mlm.head import is_bert, masked_lm
+    from bigmodel_cli.mlm.head import checkpoint_config, masked_lm
     from bigmodel_cli.mlm.masking import MLMCollator
     from bigmodel_cli.mlm.text import load_corpus, tokenize_corpus
     from bigmodel_cli.mlm.tokenizer import get_tokenizer
@@ -58,9 +58,11 @@ def run(recipe: PretrainRecipe, run_dir: Path, resume_from: Path | None = None, 
     with args.main_process_first(local=False, desc="tokenizer and data"):
         raw = load_corpus(recipe)
         tokenizer = get_tokenizer(recipe, raw["train"], run_dir)
-        bert = is_bert(recipe)  # packing and the sparse head; other families: one line per row, the stock head
+        checkpoint = checkpoint_config(recipe) if recipe.model.name_or_path else None  # read once
+        # packing and the sparse head are BERT's; other families: one line per row, the stock head
+        bert = (checkpoint.model_type if checkpoint else recipe.model.type) == "bert"
         train_rows, eval_rows = tokenize_corpus(recipe, tokenizer, raw, packing=recipe.data.packing and bert)
-    model, origin = masked_lm(recipe, tokenizer)
+    model, origin = masked_lm(recipe, tokenizer, checkpoint)
     notes = [origin, speedups(model)]
     if getattr(model, "fresh_head", False) and recipe.model.fresh_head_warmup:
         notes.append(f"the fresh head trains alone for the first {recipe.model.fresh_head_warmup:.0%} of the run")

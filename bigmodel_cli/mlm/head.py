@@ -51,18 +51,10 @@ def new_config(recipe: PretrainRecipe, tokenizer):
                             embedding_dropout=m.hidden_dropout_prob, architectures=["ModernBertForMaskedLM"])
 
 
-def is_bert(recipe: PretrainRecipe) -> bool:
-    """Whether the run's model is a BERT (new, or the checkpoint continued): packing and the sparse
-    head are proven for BERT only; other families run the stock path, one line per row."""
-    if recipe.model.name_or_path:
-        return checkpoint_config(recipe).model_type == "bert"
-    return recipe.model.type == "bert"
-
-
-def masked_lm(recipe: PretrainRecipe, tokenizer):
-    """(model, what it is: one phrase for the run header): a new BERT of the recipe's shape, or the
-    checkpoint `model.name_or_path` as a masked LM. Shape keys the recipe sets must match the
-    checkpoint's (a one-line error otherwise); dropout keys it sets are applied."""
+def masked_lm(recipe: PretrainRecipe, tokenizer, checkpoint=None):
+    """(model, what it is: one phrase for the run header): a new model of the recipe's family and
+    shape, or the checkpoint `model.name_or_path` (its config `checkpoint`, from `checkpoint_config`)
+    as a masked LM, with the dropout keys the recipe sets applied."""
     if not recipe.model.name_or_path:
         if recipe.model.type == "bert":
             return SparseHeadBertForMaskedLM(bert_config(recipe, tokenizer)), "new model"
@@ -76,7 +68,7 @@ def masked_lm(recipe: PretrainRecipe, tokenizer):
 
     name = recipe.model.name_or_path
     path = resolve_model_path(name)
-    config = checkpoint_config(recipe)
+    config = checkpoint
     if len(tokenizer) > config.vocab_size:
         raise BigmodelError(f"{name}'s tokenizer has {len(tokenizer)} tokens but the model only {config.vocab_size} "
                             "embeddings: tokenizer and model do not belong together")
