@@ -102,27 +102,40 @@ class TrainingSection(Section):
 SHAPE_KEYS = ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size", "max_position_embeddings")
 
 
+FAMILIES = ("bert", "roberta", "modernbert")  # the families a new model can be
+
+
 class BertSection(Section):
-    """The shape of a BERT trained from scratch (`transformers.BertConfig` names), or the checkpoint
-    to continue (`name_or_path`), which brings its own shape and tokenizer."""
+    """The shape of a model trained from scratch (`transformers.BertConfig` names), or the checkpoint
+    to continue (`name_or_path`), which brings its own shape and tokenizer: its run's resolved recipe
+    then holds the checkpoint's family and shape (null where the checkpoint names a key otherwise)."""
 
     name_or_path: str | None = None  # continue pretraining this checkpoint (folder or hub id); null: from scratch
     # a checkpoint without an MLM head: its fresh head trains alone for this share of the run (of the time
     # budget, else of the steps) before the encoder joins, so random head gradients do not wash through it
     fresh_head_warmup: float = Field(0.2, ge=0, lt=1)
     # the family of a new model, each with the tokenizer it trains: bert (WordPiece), roberta (byte-level
-    # BPE, no token types), modernbert (rotary positions, GeGLU, local/global attention; byte-level BPE)
-    type: Literal["bert", "roberta", "modernbert"] = "bert"
-    num_hidden_layers: int = Field(2, ge=1)  # transformer blocks
-    hidden_size: int = Field(128, ge=8)  # width of every block
-    num_attention_heads: int = Field(2, ge=1)  # must divide hidden_size
-    intermediate_size: int = Field(512, ge=8)  # feed-forward width
-    max_position_embeddings: int = Field(512, ge=8)  # longest sequence the model can see
-    hidden_dropout_prob: float = Field(0.1, ge=0, lt=1)
-    attention_probs_dropout_prob: float = Field(0.1, ge=0, lt=1)
+    # BPE, no token types), modernbert (rotary positions, GeGLU, local/global attention; byte-level BPE);
+    # a continued checkpoint's own model_type
+    type: str = "bert"
+    num_hidden_layers: int | None = Field(2, ge=1)  # transformer blocks
+    hidden_size: int | None = Field(128, ge=8)  # width of every block
+    num_attention_heads: int | None = Field(2, ge=1)  # must divide hidden_size
+    intermediate_size: int | None = Field(512, ge=8)  # feed-forward width
+    max_position_embeddings: int | None = Field(512, ge=8)  # longest sequence the model can see
+    hidden_dropout_prob: float | None = Field(0.1, ge=0, lt=1)  # ModernBERT: its mlp and embedding dropout
+    attention_probs_dropout_prob: float | None = Field(0.1, ge=0, lt=1)  # ModernBERT: its attention dropout
 
     @model_validator(mode="after")
-    def _heads_divide_width(self) -> BertSection:
+    def _new_model_fits(self) -> BertSection:
+        if self.name_or_path:  # a checkpoint's own family and shape, checked when it loads
+            return self
+        if self.type not in FAMILIES:
+            raise ValueError(f"model.type {self.type}: a new model is one of {', '.join(FAMILIES)} (another family: "
+                             "continue one of its checkpoints with model.name_or_path)")
+        unset = [k for k in (*SHAPE_KEYS, "hidden_dropout_prob", "attention_probs_dropout_prob") if getattr(self, k) is None]
+        if unset:
+            raise ValueError(f"model.{unset[0]} is null: a new model needs a number (null is for a continued checkpoint)")
         if self.hidden_size % self.num_attention_heads:
             raise ValueError(
                 f"hidden_size {self.hidden_size} is not divisible by num_attention_heads "
@@ -166,9 +179,11 @@ class PretrainRecipe(Section):
 
     @model_validator(mode="after")
     def _fits(self) -> PretrainRecipe:
-        if self.model.type != "bert" and "packing" in self.data.model_fields_set and self.data.packing:
-            raise ValueError(f"data.packing is true but model.type is {self.model.type}: packed rows (block-diagonal "
-                             "masks, per-line positions) are proven for bert only; set data.packing=false")
+        if self.model.type != "bert" and self.data.packing:
+            if "packing" in self.data.model_fields_set:
+                raise ValueError(f"data.packing is true but model.type is {self.model.type}: packed rows (block-diagonal "
+                                 "masks, per-line positions) are proven for bert only; set data.packing=false")
+            self.data.packing = False  # one line per row, and the resolved recipe says so
         if self.model.name_or_path and self.tokenizer.name_or_path:
             raise ValueError(f"tokenizer.name_or_path {self.tokenizer.name_or_path} and model.name_or_path "
                              f"{self.model.name_or_path}: a continued checkpoint keeps its own tokenizer; remove "

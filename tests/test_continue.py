@@ -35,6 +35,14 @@ def test_continuing_a_masked_lm_keeps_its_tokenizer_and_lowers_its_perplexity(tm
     from transformers import AutoModelForMaskedLM
 
     assert type(AutoModelForMaskedLM.from_pretrained(run_dir)).__name__ == "BertForMaskedLM"
+    import yaml
+
+    resolved = yaml.safe_load((run_dir / "resolved_recipe.yaml").read_text())["model"]  # what it trained, not defaults
+    config = json.loads((pretrained / "config.json").read_text())
+    for key in ("num_hidden_layers", "hidden_size", "num_attention_heads", "intermediate_size", "max_position_embeddings",
+                "hidden_dropout_prob", "attention_probs_dropout_prob"):
+        assert resolved[key] == config[key], key
+    assert resolved["type"] == "bert"
 
 
 def test_a_checkpoint_without_an_mlm_head_gets_a_fresh_one_tied_to_its_embeddings(tmp_path, pretrained):
@@ -115,3 +123,36 @@ def test_a_continued_run_killed_before_its_end_resumes_to_the_uninterrupted_one(
     assert b["eval_loss"] == pytest.approx(a["eval_loss"], abs=1e-6) and b["train_loss"] == pytest.approx(a["train_loss"], abs=1e-6)
     wa, wb = load_file(straight / "model.safetensors"), load_file(tmp_path / "run" / "model.safetensors")
     assert max(float((wa[k] - wb[k]).abs().max()) for k in wa) < 1e-6
+
+
+@pytest.mark.unit
+def test_the_resolved_recipe_of_another_family_holds_its_shape_names_and_no_packing():
+    """A continued checkpoint's family and shape go into the recipe the run saves: a RoBERTa one runs one
+    line per row (packing is proven for BERT only) and says so; ModernBERT's two hidden dropouts, when
+    they differ, leave the recipe's key null (the checkpoint's own) and a chosen value sets both."""
+    from transformers import ModernBertConfig, RobertaConfig
+
+    from bigmodel_cli.errors import BigmodelError
+    from bigmodel_cli.mlm.head import dropout_kwargs, with_checkpoint
+    from bigmodel_cli.recipe import load_recipe
+
+    def recipe(*overrides):
+        return load_recipe("pretrain", "pretrain/continue", flags={"model.name_or_path": "some/checkpoint"},
+                           overrides=list(overrides))[0]
+
+    roberta = RobertaConfig(num_hidden_layers=3, hidden_size=48, num_attention_heads=4, intermediate_size=96,
+                            max_position_embeddings=66, hidden_dropout_prob=0.2)
+    resolved = with_checkpoint(recipe(), roberta)
+    assert resolved.model.type == "roberta" and resolved.data.packing is False
+    assert (resolved.model.num_hidden_layers, resolved.model.hidden_size, resolved.model.max_position_embeddings) == (3, 48, 66)
+    assert resolved.model.hidden_dropout_prob == 0.2 and dropout_kwargs(resolved, roberta) == {}
+    with pytest.raises(BigmodelError, match="data.packing is true but some/checkpoint is a roberta checkpoint"):
+        with_checkpoint(recipe("data.packing=true"), roberta)
+
+    modern = ModernBertConfig(num_hidden_layers=2, hidden_size=32, num_attention_heads=2, intermediate_size=64,
+                              mlp_dropout=0.0, embedding_dropout=0.1, attention_dropout=0.0)
+    resolved = with_checkpoint(recipe(), modern)
+    assert resolved.model.type == "modernbert" and resolved.model.hidden_dropout_prob is None
+    assert resolved.model.attention_probs_dropout_prob == 0.0 and dropout_kwargs(resolved, modern) == {}
+    chosen = with_checkpoint(recipe("model.hidden_dropout_prob=0.3"), modern)
+    assert dropout_kwargs(chosen, modern) == {"mlp_dropout": 0.3, "embedding_dropout": 0.3}

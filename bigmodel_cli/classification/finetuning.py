@@ -11,7 +11,7 @@ from pathlib import Path
 
 from bigmodel_cli.console import say, shown
 from bigmodel_cli.errors import BigmodelError
-from bigmodel_cli.recipe import RECIPE_FILE, FinetuneRecipe, dump_recipe
+from bigmodel_cli.recipe import FinetuneRecipe
 from bigmodel_cli.rundir import clean_metrics, open_run, write_json, write_model_card
 
 
@@ -61,8 +61,6 @@ def run(recipe: FinetuneRecipe, run_dir: Path, resume_from: Path | None = None, 
     # The classifier's loss is a plain mean that ignores `num_items_in_batch`; Trainer would still
     # multiply it by the number of processes (seen here: twice the loss, and twice the gradient, on 2).
     trainer.model_accepts_loss_kwargs = False
-    if args.process_index == 0:
-        dump_recipe(recipe, run_dir / RECIPE_FILE, f"bigmodel finetune: {shlex.join(sys.argv[1:])}")
     metrics = trainer.train_and_measure(resume_from, stop)
     metrics.update(evaluate_classifier(trainer.model, tokenizer, validation, task,
                                        recipe.training.per_device_eval_batch_size, progress=not quiet))

@@ -8,7 +8,7 @@ from pathlib import Path
 
 from bigmodel_cli.console import setup, shown, summary
 from bigmodel_cli.errors import BigmodelError
-from bigmodel_cli.recipe import RECIPE_FILE, PretrainRecipe, dump_recipe, load_recipe, recipe_name
+from bigmodel_cli.recipe import PretrainRecipe, load_recipe, recipe_name
 from bigmodel_cli.rundir import clean_metrics, open_run, write_json, write_model_card
 
 SUMMARY_KEYS = ["train_samples", "train_runtime", "train_tokens_per_second", "train_loss", "eval_loss", "perplexity",
@@ -25,9 +25,9 @@ def command(recipe: str | None, model: str | None, output_dir: Path | None, over
         raise BigmodelError("training.load_best_model_at_end: pretrain keeps the last model (its held-out "
                             "perplexity is measured at the end); remove the key or set it false")
     if loaded.model.name_or_path:  # a checkpoint that cannot be continued stops here, before any folder is made
-        from bigmodel_cli.mlm.head import checkpoint_config
+        from bigmodel_cli.mlm.head import checkpoint_config, with_checkpoint
 
-        checkpoint_config(loaded)
+        loaded = with_checkpoint(loaded, checkpoint_config(loaded))  # its family and shape, as the recipe saved
     run_dir = output_dir or Path("runs") / recipe_name(recipe)
     resume = open_run(run_dir, loaded, overwrite)
     metrics = run(loaded, run_dir, resume, quiet)
@@ -66,8 +66,6 @@ def run(recipe: PretrainRecipe, run_dir: Path, resume_from: Path | None = None, 
     notes = [origin, speedups(model)]
     if getattr(model, "fresh_head", False) and recipe.model.fresh_head_warmup:
         notes.append(f"the fresh head trains alone for the first {recipe.model.fresh_head_warmup:.0%} of the run")
-    if not bert and recipe.data.packing:
-        notes.append("one line per row (packing is proven for bert only)")
     stop = GracefulStop()
     budget = TimeBudget(recipe.training.time_budget) if recipe.training.time_budget else None
     if budget is not None:
@@ -94,8 +92,6 @@ def run(recipe: PretrainRecipe, run_dir: Path, resume_from: Path | None = None, 
         import inspect
 
         trainer.model_accepts_loss_kwargs = "self.loss_function(" in inspect.getsource(type(model).forward)
-    if args.process_index == 0:
-        dump_recipe(recipe, run_dir / RECIPE_FILE, f"bigmodel pretrain: {shlex.join(sys.argv[1:])}")
     metrics = trainer.train_and_measure(resume_from, stop)
     metrics["train_rows_per_second"] = metrics["train_samples_per_second"]  # packed sequences
     metrics["train_samples_per_second"] = metrics["train_examples_per_second"]  # lines: the examples

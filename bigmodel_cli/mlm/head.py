@@ -72,8 +72,7 @@ def masked_lm(recipe: PretrainRecipe, tokenizer, checkpoint=None):
     if len(tokenizer) > config.vocab_size:
         raise BigmodelError(f"{name}'s tokenizer has {len(tokenizer)} tokens but the model only {config.vocab_size} "
                             "embeddings: tokenizer and model do not belong together")
-    chosen = recipe.model.model_fields_set
-    dropout = {k: getattr(recipe.model, k) for k in ("hidden_dropout_prob", "attention_probs_dropout_prob") if k in chosen}
+    dropout = dropout_kwargs(recipe, config)
     model_class = SparseHeadBertForMaskedLM if config.model_type == "bert" else AutoModelForMaskedLM
     try:
         model, loading = model_class.from_pretrained(path, output_loading_info=True, use_safetensors=True, **dropout)
@@ -83,6 +82,58 @@ def masked_lm(recipe: PretrainRecipe, tokenizer, checkpoint=None):
     model.fresh_head = bool(head)  # read by the trainer: a fresh head warms up before the encoder trains
     said = f"continued from {name}"
     return model, said + (", with a fresh MLM head tied to its embeddings" if head else ", its own MLM head")
+
+
+# The recipe's dropout keys under each family's own config names (BERT's names elsewhere).
+DROPOUT_NAMES = {"modernbert": {"hidden_dropout_prob": ("mlp_dropout", "embedding_dropout"),
+                                "attention_probs_dropout_prob": ("attention_dropout",)}}
+
+
+def dropout_names(config, key: str) -> tuple[str, ...]:
+    """The config attributes that the recipe's dropout `key` sets in this checkpoint (none: it has no such key)."""
+    names = DROPOUT_NAMES.get(config.model_type, {}).get(key, (key,))
+    return tuple(n for n in names if hasattr(config, n))
+
+
+def dropout_kwargs(recipe: PretrainRecipe, config) -> dict:
+    """The dropout values that the recipe changes from the checkpoint's, under the checkpoint's names."""
+    kwargs = {}
+    for key in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+        value = getattr(recipe.model, key)
+        for name in dropout_names(config, key):
+            if value is not None and value != getattr(config, name):
+                kwargs[name] = value
+    return kwargs
+
+
+def with_checkpoint(recipe: PretrainRecipe, config) -> PretrainRecipe:
+    """`recipe` as the run of checkpoint `config` (from `checkpoint_config`): the checkpoint's family,
+    shape and dropout (where the recipe sets none), and one line per row for a family packing is not
+    proven for. The resolved recipe then says what the run trained, and a rerun compares equal."""
+    from bigmodel_cli.errors import BigmodelError
+    from bigmodel_cli.recipe import SHAPE_KEYS
+
+    chosen = recipe.model.model_fields_set
+    model = recipe.model.model_dump()
+    model["type"] = config.model_type
+    for key in SHAPE_KEYS:
+        model[key] = getattr(config, key, None)
+    for key in ("hidden_dropout_prob", "attention_probs_dropout_prob"):
+        names = dropout_names(config, key)
+        if key in chosen and model[key] is not None and not names:
+            raise BigmodelError(f"model.{key}: {recipe.model.name_or_path} ({config.model_type}) has no such dropout "
+                                "setting; remove the key")
+        if key not in chosen:  # the checkpoint's value; null where it has none or several (ModernBERT's two)
+            values = {getattr(config, n) for n in names}
+            model[key] = values.pop() if len(values) == 1 else None
+    resolved = recipe.model_copy(deep=True)
+    if config.model_type != "bert" and resolved.data.packing:
+        if "packing" in recipe.data.model_fields_set:
+            raise BigmodelError(f"data.packing is true but {recipe.model.name_or_path} is a {config.model_type} "
+                                "checkpoint: packed rows are proven for bert only; set data.packing=false")
+        resolved.data.packing = False
+    resolved.model = type(recipe.model).model_validate(model)
+    return resolved
 
 
 def checkpoint_config(recipe: PretrainRecipe):
