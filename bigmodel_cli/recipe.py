@@ -163,6 +163,9 @@ class CorpusSection(Section):
     max_eval_samples: int | None = Field(None, ge=1)
     packing: bool = True  # put several lines in one sequence (block-diagonal attention, exact)
     whole_word_masking: bool = False  # mask all pieces of a word together (WordPiece ## or byte-level BPE words)
+    # draw the training masks on the device (the same masks as on the host, no host work per line);
+    # null: on a GPU only
+    mask_on_device: bool | None = None
 
     @model_validator(mode="after")
     def _has_source(self) -> CorpusSection:

@@ -15,8 +15,8 @@ STREAMS = {
     "init": 0,  # transformers.set_seed before the model: weights and a new classifier head
     "split": 0,  # the held-out lines split off the training corpus
     "order": 0,  # each epoch's data order (folded with the epoch)
-    "masks": 0,  # training masks (folded with the epoch, then the example id)
-    "held_out_masks": 1,  # evaluation masks (epoch 0, then the example id): fixed for the whole run
+    "masks": 0,  # training masks (folded with the epoch; mlm/masking.py hashes in the example id and token offset)
+    "held_out_masks": 1,  # evaluation masks (epoch 0; then hashed like the training masks): fixed for the whole run
 }
 
 

@@ -21,7 +21,7 @@ class StepWindow(TrainerCallback):
     """Counts the reads inside each optimizer step, from its first micro-batch to its step end."""
 
     def __init__(self, counter):
-        self.counter, self.steps = counter, []
+        self.counter, self.steps = counter, []  # the counter: {"on": counting now, "n": reads counted}
 
     def on_step_begin(self, args, state, control, **kwargs):
         self.counter["on"], self.counter["n"] = True, 0
@@ -68,13 +68,30 @@ SETTINGS = ["training.max_steps=12", "training.logging_steps=4", "training.repor
             "training.eval_strategy=no"]
 
 
-def test_pretraining_steps_never_wait_for_the_device(tmp_path, counted, pretrained):
+@pytest.mark.parametrize("on_device", [False, True], ids=["host-masks", "device-masks"])
+def test_pretraining_steps_never_wait_for_the_device(tmp_path, counted, pretrained, monkeypatch, on_device):
     from bigmodel_cli.commands import pretrain
+    from bigmodel_cli.mlm import masking
     from bigmodel_cli.recipe import load_recipe
 
-    recipe, _ = load_recipe("pretrain", "pretrain/tiny-debug", overrides=[*SETTINGS, f"tokenizer.name_or_path={pretrained}"])
+    drawn = []  # reads while the masks are drawn on the device (in Trainer's fetch, before the step begins)
+    original = masking.DeviceMasks.__call__
+
+    def drawing(self, batch, _counter=counted.counter):
+        saved = dict(_counter)
+        _counter["on"], _counter["n"] = True, 0
+        try:
+            return original(self, batch)
+        finally:
+            drawn.append(_counter["n"])
+            _counter.update(saved)
+
+    monkeypatch.setattr(masking.DeviceMasks, "__call__", drawing)
+    recipe, _ = load_recipe("pretrain", "pretrain/tiny-debug", overrides=[
+        *SETTINGS, f"tokenizer.name_or_path={pretrained}", f"data.mask_on_device={str(on_device).lower()}"])
     pretrain.run(recipe, tmp_path / "run", quiet=True)
     assert_reads_only_at_logging_steps(counted, 12)
+    assert len(drawn) == (12 if on_device else 0) and not any(drawn), drawn  # every batch, none read back
 
 
 def test_finetuning_steps_never_wait_for_the_device(tmp_path, counted, pretrained):

@@ -75,12 +75,18 @@ def run(recipe: PretrainRecipe, run_dir: Path, resume_from: Path | None = None, 
     header = RunHeader("pretrain", f"train {len(raw['train'])} lines in {len(train_rows)} sequences, "
                        f"eval {len(raw['validation'])} lines", quiet, budget, notes)
     probability, words = recipe.data.mlm_probability, recipe.data.whole_word_masking
+    on_device = recipe.data.mask_on_device
+    if on_device is None:
+        import torch
+
+        on_device = torch.cuda.is_available()
     trainer = MLMTrainer(
         model=model,
         args=args,
         train_dataset=train_rows,
         eval_dataset=eval_rows,
-        data_collator=MLMCollator(tokenizer, probability, seed, positions=bert, whole_words=words, position_ids=bert),
+        data_collator=MLMCollator(tokenizer, probability, seed, positions=bert, whole_words=words, position_ids=bert,
+                                  on_device=on_device),
         eval_data_collator=MLMCollator(tokenizer, probability, seed, "held_out_masks", positions=bert, whole_words=words,
                                        position_ids=bert),
         pad_token_id=tokenizer.pad_token_id,

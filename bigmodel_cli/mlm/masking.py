@@ -1,16 +1,93 @@
-"""BERT's masking, drawn so that a resumed run masks exactly as the uninterrupted one did.
+"""BERT's masking, drawn so that a resumed run masks exactly as the uninterrupted one did, on the
+host or on the GPU alike.
 
 `MLMCollator` pads rows, builds the attention mask (block-diagonal for packed rows) and per-line
-positions, and masks `mlm_probability` of the tokens the 80/10/10 way, from a generator seeded by
-(seed, epoch, example id) through `seeds.derive_seed`, not from the global RNG.
+positions, and masks `mlm_probability` of the tokens the 80/10/10 way. The random numbers come from a
+counter-based hash (`uniform_bits`) of (stream key, example id, token offset in its line, draw),
+whose key is `seeds.derive_seed(seed, stream, epoch)`: no generator state, so the same line in the
+same epoch is masked the same way whatever the batch, worker, restart or device. `draw_masks` is
+that masking for a whole batch in tensor operations only (no per-line loop, no read back to the
+host): the collator runs it on the CPU, or leaves it to the trainer to run on the GPU
+(`MLMCollator(on_device=True)`, used with `DeviceMasks`), with equal results.
 """
 
 from __future__ import annotations
+
+import math
 
 import torch
 from transformers import TrainerCallback
 
 from bigmodel_cli.seeds import derive_seed
+
+MASK32 = 0xFFFFFFFF
+DRAWS = 3  # per token: chosen?, how replaced (80/10/10), the random token
+
+
+def _times(x: torch.Tensor, constant: int) -> torch.Tensor:
+    """(x * constant) mod 2**32 for int64 tensors of 32-bit values, in two 16-bit halves: no
+    product leaves int64, so every device gives the same bits."""
+    return (x * (constant & 0xFFFF) + (((x * (constant >> 16)) & 0xFFFF) << 16)) & MASK32
+
+
+def mix32(h: torch.Tensor) -> torch.Tensor:
+    """MurmurHash3's 32-bit finaliser: every input bit moves every output bit."""
+    h = h ^ (h >> 16)
+    h = _times(h, 0x85EBCA6B)
+    h = h ^ (h >> 13)
+    h = _times(h, 0xC2B2AE35)
+    return h ^ (h >> 16)
+
+
+def uniform_bits(key: int, example_ids: torch.Tensor, offsets: torch.Tensor) -> list[torch.Tensor]:
+    """`DRAWS` tensors of 32 random bits per token (int64), a function of (key, example id, offset)
+    only. `key` is a stream's `derive_seed`; example ids and offsets are int64 tensors of one shape."""
+    h = mix32((example_ids & MASK32) ^ (key & MASK32))
+    h = mix32(h ^ ((key >> 32) & MASK32) ^ ((example_ids >> 32) & MASK32))
+    return [mix32(h ^ ((offsets * DRAWS + d) & MASK32)) for d in range(DRAWS)]
+
+
+def draw_masks(input_ids: torch.Tensor, example_ids: torch.Tensor, offsets: torch.Tensor, key: int, probability: float,
+               mask_id: int, special: torch.Tensor, word_starts: torch.Tensor | None = None,
+               at_least_one: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+    """(inputs, labels) for a batch of token ids (any shape, any device): `probability` of the
+    non-special tokens chosen (with `word_starts`, a per-id table, whole words: every piece takes the
+    draw of its word's first piece), 80 % of them replaced by the mask token, 10 % by a random token,
+    10 % kept; labels -100 elsewhere. `special` is a per-id table. With `at_least_one`, a batch that
+    draws no mask gets its first maskable token masked (the loss needs a target). Tensor operations
+    only: no host sync."""
+    vocab_size = special.numel()
+    choose, how, random_ids = uniform_bits(key, example_ids, offsets)
+    draw = (choose >> 8).float() * 2.0**-24  # exact in float32 on every device: the same comparison everywhere
+    how = (how >> 8).float() * 2.0**-24
+    random_ids = random_ids % vocab_size
+    is_special = special[input_ids]
+    if word_starts is not None:  # each token takes the draw of its word's first token (a line starts a word)
+        starts = (word_starts[input_ids] | is_special | (offsets == 0)).reshape(-1)
+        index = torch.arange(starts.numel(), device=starts.device)
+        first = torch.where(starts, index, torch.zeros_like(index)).cummax(0).values
+        draw = draw.reshape(-1)[first].reshape(draw.shape)
+    chosen = (draw < probability) & ~is_special
+    flat_chosen, maskable = chosen.reshape(-1), ~is_special.reshape(-1)
+    fallback = maskable & (torch.cumsum(maskable, 0) == 1) & ~flat_chosen.any() & at_least_one  # none drawn: the first
+    chosen = (flat_chosen | fallback).reshape(chosen.shape)
+    how = torch.where(fallback.reshape(how.shape), torch.zeros_like(how), how)  # the fallback is a [MASK]
+    labels = torch.where(chosen, input_ids, torch.full_like(input_ids, -100))
+    inputs = torch.where(chosen & (how < 0.8), torch.full_like(input_ids, mask_id), input_ids)
+    inputs = torch.where(chosen & (how >= 0.8) & (how < 0.9), random_ids, inputs)
+    return inputs, labels
+
+
+def masked_slots(labels: torch.Tensor, probability: float) -> torch.Tensor:
+    """Flat indices of the masked tokens, in a fixed number of slots for the batch's shape (so a GPU
+    neither waits for a count nor sees a new shape each step): the masked ones first, in order, then
+    unmasked ones, whose -100 labels the loss ignores. The slots are the expected count plus ten
+    standard deviations (whole words' too), and all tokens for small batches; a batch drawing more
+    masks than that would lose the excess from the loss (about one in 10**23 batches)."""
+    flat = labels.reshape(-1) != -100
+    n = flat.numel()
+    slots = min(n, math.ceil(n * probability + 10 * math.sqrt(3 * n * probability) + 16))
+    return torch.argsort((~flat).to(torch.int8), stable=True)[:slots]
 
 
 def word_start_table(tokenizer) -> torch.Tensor:
@@ -44,73 +121,76 @@ def word_start_table(tokenizer) -> torch.Tensor:
 
 class MLMCollator:
     """Pads rows, builds the attention mask (block-diagonal for packed rows) and per-line
-    positions, and masks `mlm_probability` of the tokens, BERT's 80/10/10 way.
+    positions, and masks `mlm_probability` of the tokens, BERT's 80/10/10 way (`draw_masks`).
 
-    Each line's masks come from a generator seeded by (seed, epoch, example id): the same line in the
-    same epoch is masked the same way whatever the batch, worker or restart. With `whole_words`, a
-    word's pieces are chosen together (by the draw of its first piece); the 80/10/10 replacement
-    then goes piece by piece, as in BERT's own whole-word masking.
+    Each token's draws are a hash of (seed, epoch, example id, its offset in the line): the same line
+    in the same epoch is masked the same way whatever the batch, worker or restart. With `whole_words`,
+    a word's pieces are chosen together (by the draw of its first piece); the 80/10/10 replacement
+    then goes piece by piece, as in BERT's own whole-word masking. With `on_device`, the batch leaves
+    unmasked, with the example id of every token, and `DeviceMasks` draws the same masks on the GPU.
     """
 
     def __init__(self, tokenizer, mlm_probability: float = 0.15, seed: int = 42, stream: str = "masks",
-                 positions: bool = False, whole_words: bool = False, position_ids: bool = True):
+                 positions: bool = False, whole_words: bool = False, position_ids: bool = True, on_device: bool = False):
         self.pad_id = tokenizer.pad_token_id
         self.mask_id = tokenizer.mask_token_id
-        self.special = torch.tensor(sorted(set(tokenizer.all_special_ids)))
         self.vocab_size = len(tokenizer)
+        self.special = torch.zeros(self.vocab_size, dtype=torch.bool)  # per id: never masked
+        self.special[[i for i in set(tokenizer.all_special_ids) if i < self.vocab_size]] = True
         self.mlm_probability = mlm_probability
         self.seed = seed
         self.stream = stream  # "masks" in training; "held_out_masks" for the fixed evaluation masks
         self.positions = positions  # add `masked_positions` (flat indices) for the sparse head: no sync on GPU
         self.word_starts = word_start_table(tokenizer) if whole_words else None  # per id: does it begin a word?
         self.position_ids = position_ids  # per-line positions (packing); off: the model numbers them (RoBERTa's offset)
+        self.on_device = on_device  # leave the masks to `DeviceMasks`, drawn where the batch trains
         self.epoch = 0
+        self._tables: dict = {}
 
-    def _generator(self, example_id: int) -> torch.Generator:
-        return torch.Generator().manual_seed(derive_seed(self.seed, self.stream, self.epoch, example_id))
+    def key(self) -> int:
+        """This epoch's key of the collator's stream."""
+        return derive_seed(self.seed, self.stream, self.epoch)
 
     def mask(self, ids: torch.Tensor, example_id: int) -> tuple[torch.Tensor, torch.Tensor]:
-        g = self._generator(example_id)
-        n = ids.numel()
-        draw, how, random_ids = torch.rand(n, generator=g), torch.rand(n, generator=g), torch.randint(
-            self.vocab_size, (n,), generator=g
-        )
-        special = torch.isin(ids, self.special)
-        if self.word_starts is not None:  # every token takes the draw of its word's first token
-            starts = self.word_starts[ids] | special
-            starts[0] = True
-            draw = draw[starts.nonzero().squeeze(1)][starts.long().cumsum(0) - 1]
-        chosen = (draw < self.mlm_probability) & ~special
-        labels = torch.where(chosen, ids, torch.full_like(ids, -100))
-        inputs = torch.where(chosen & (how < 0.8), torch.full_like(ids, self.mask_id), ids)
-        inputs = torch.where(chosen & (how >= 0.8) & (how < 0.9), random_ids, inputs)
-        return inputs, labels
+        """(inputs, labels) of one line, as a batch holding it masks it."""
+        return self.draw(ids, torch.full_like(ids, example_id), torch.arange(ids.numel()), at_least_one=False)
+
+    def draw(self, input_ids: torch.Tensor, example_ids: torch.Tensor, offsets: torch.Tensor,
+             at_least_one: bool = True) -> tuple[torch.Tensor, torch.Tensor]:
+        """`draw_masks` with this collator's settings, on the device of `input_ids` (tables cached there)."""
+        device = input_ids.device
+        if device not in self._tables:
+            words = self.word_starts.to(device) if self.word_starts is not None else None
+            self._tables[device] = (self.special.to(device), words)
+        special, words = self._tables[device]
+        return draw_masks(input_ids, example_ids, offsets, self.key(), self.mlm_probability, self.mask_id, special, words,
+                          at_least_one)
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
         width = max(len(r["input_ids"]) for r in rows)
         batch = len(rows)
         input_ids = torch.full((batch, width), self.pad_id, dtype=torch.long)
-        labels = torch.full((batch, width), -100, dtype=torch.long)
         positions = torch.zeros((batch, width), dtype=torch.long)
         segment = torch.zeros((batch, width), dtype=torch.long)  # 0 = padding, k = k-th line
+        example_ids = torch.zeros((batch, width), dtype=torch.long)
         for b, row in enumerate(rows):
-            start = 0
-            for k, (n, eid) in enumerate(zip(row["lengths"], row["example_ids"]), start=1):
-                ids = torch.tensor(row["input_ids"][start : start + n], dtype=torch.long)
-                input_ids[b, start : start + n], labels[b, start : start + n] = self.mask(ids, eid)
-                positions[b, start : start + n] = torch.arange(n)
-                segment[b, start : start + n] = k
-                start += n
-        if not (labels != -100).any():  # a tiny batch can draw no mask; the loss needs one target
-            first = ((segment > 0) & ~torch.isin(input_ids, self.special)).nonzero()
-            if len(first):
-                b, t = first[0].tolist()
-                labels[b, t], input_ids[b, t] = input_ids[b, t], self.mask_id
-        out = {"input_ids": input_ids, "labels": labels}
+            lengths = torch.tensor(row["lengths"], dtype=torch.long)
+            n = sum(row["lengths"])
+            input_ids[b, :n] = torch.tensor(row["input_ids"][:n], dtype=torch.long)
+            line = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
+            starts = torch.cumsum(lengths, 0) - lengths
+            positions[b, :n] = torch.arange(n) - starts[line]
+            segment[b, :n] = line + 1
+            example_ids[b, :n] = torch.tensor(row["example_ids"], dtype=torch.long)[line]
+        out = {"input_ids": input_ids}
+        if self.on_device:
+            out["mask_example_ids"], out["mask_offsets"] = example_ids, positions
+        else:
+            out["input_ids"], out["labels"] = self.draw(input_ids, example_ids, positions)
+            if self.positions:
+                out["masked_positions"] = (out["labels"].reshape(-1) != -100).nonzero().squeeze(1)
         if self.position_ids:
             out["position_ids"] = positions
-        if self.positions:
-            out["masked_positions"] = (labels.reshape(-1) != -100).nonzero().squeeze(1)
         if all(len(r["lengths"]) == 1 for r in rows):
             out["attention_mask"] = (segment > 0).long()
         else:  # (batch, 1, query, key): a token attends to the tokens of its own line only
@@ -118,6 +198,25 @@ class MLMCollator:
             same |= torch.eye(width, dtype=torch.bool)  # padding rows attend to themselves (no NaN)
             out["attention_mask"] = same[:, None]
         return out
+
+
+class DeviceMasks:
+    """The masks of an `MLMCollator(on_device=True)` batch, drawn where the batch is (the GPU): the
+    same bits the collator would draw on the host, and the masked positions in a fixed number of
+    slots (`masked_slots`), so no step waits for a count."""
+
+    def __init__(self, collator: MLMCollator):
+        self.collator = collator
+
+    def __call__(self, batch: dict) -> dict:
+        if "mask_example_ids" not in batch:
+            return batch
+        batch = dict(batch)
+        example_ids, offsets = batch.pop("mask_example_ids"), batch.pop("mask_offsets")
+        batch["input_ids"], batch["labels"] = self.collator.draw(batch["input_ids"], example_ids, offsets)
+        if self.collator.positions:
+            batch["masked_positions"] = masked_slots(batch["labels"], self.collator.mlm_probability)
+        return batch
 
 
 class EpochToCollator(TrainerCallback):

@@ -7,7 +7,7 @@ import json
 from transformers import TrainerCallback
 
 from bigmodel_cli.mlm.evaluation import masked_loss_sums, process_share
-from bigmodel_cli.mlm.masking import EpochToCollator
+from bigmodel_cli.mlm.masking import DeviceMasks, EpochToCollator
 from bigmodel_cli.trainer.callbacks import BudgetProgress, TimeBudget, budget_schedule
 from bigmodel_cli.trainer.trainer import CountingTrainer
 
@@ -29,6 +29,16 @@ class MLMTrainer(CountingTrainer):
         self.add_callback(EpochToCollator(self.data_collator))
         if head_warmup > 0:
             self.add_callback(HeadWarmup(self.model, head_warmup, budget))
+
+    def get_batch_samples(self, epoch_iterator, num_batches: int, device):
+        """Trainer's fetch of one step's micro-batches; a collator that leaves the masks to the device
+        gets them drawn here, on the device, before Trainer counts the masked tokens of the step."""
+        batches, count = super().get_batch_samples(epoch_iterator, num_batches, device)
+        if not getattr(self.data_collator, "on_device", False) or not batches:
+            return batches, count
+        masks = DeviceMasks(self.data_collator)
+        batches = [masks(self._prepare_inputs(batch)) for batch in batches]
+        return batches, self._get_num_items_in_batch(batches, device)
 
     def get_eval_dataloader(self, eval_dataset=None):
         train_collator, self.data_collator = self.data_collator, self.eval_data_collator
