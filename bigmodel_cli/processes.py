@@ -46,25 +46,24 @@ def collective_device():
 
 def summed_over_processes(*values: float) -> list[float]:
     """Each value summed over all processes (as is, in a single process)."""
-    import torch
-
-    group = distributed()
-    if group is None:
-        return [float(v) for v in values]
-    totals = torch.tensor(values, dtype=torch.float64, device=collective_device())
-    group.all_reduce(totals)
-    return totals.tolist()
+    return _collective(values, lambda group, t: group.all_reduce(t))
 
 
 def same_on_every_process(*values: float) -> list[float]:
     """The main process's values, on every process (as is, in a single process)."""
+    return _collective(values, lambda group, t: group.broadcast(t, src=0))
+
+
+def _collective(values, operation) -> list[float]:
+    """`values` as one float64 tensor on the collective's device, through `operation(group, tensor)`,
+    read back once."""
     import torch
 
     group = distributed()
     if group is None:
         return [float(v) for v in values]
     shared = torch.tensor(values, dtype=torch.float64, device=collective_device())
-    group.broadcast(shared, src=0)
+    operation(group, shared)
     return shared.tolist()
 
 
