@@ -105,7 +105,7 @@ def test_a_kill_in_any_phase_resumes_or_starts_cleanly_and_ends_as_the_uninterru
 
 BUDGET = 12.0
 BUDGETED = [*PRETRAIN, "--set", "training.max_steps=-1", "--set", f"training.time_budget={BUDGET}",
-            "--set", "training.save_steps=40", "--set", "training.logging_steps=5", "--set", "training.warmup_steps=0.2",
+            "--set", "training.save_steps=5", "--set", "training.logging_steps=5", "--set", "training.warmup_steps=0.2",
             "--set", "training.save_total_limit=1"]
 
 
@@ -120,7 +120,8 @@ def test_a_time_budget_is_spent_once_over_a_killed_and_resumed_run(tmp_path, how
     proc = subprocess.Popen([sys.executable, "-m", "bigmodel_cli", *BUDGETED, "-o", str(run_dir)],
                             stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     deadline = time.time() + 120
-    while proc.poll() is None and time.time() < deadline:  # past the warm-up and a checkpoint
+    # past the warm-up and a checkpoint (one every 5 steps: one past 40 % comes before the end on a loaded machine too)
+    while proc.poll() is None and time.time() < deadline:
         state = newest_checkpoint(run_dir)
         if state and json.loads((state / "bigmodel_state_0.json").read_text())["budget_seconds_spent"] > 0.4 * BUDGET:
             break
@@ -134,7 +135,10 @@ def test_a_time_budget_is_spent_once_over_a_killed_and_resumed_run(tmp_path, how
     result = run_cli(*BUDGETED, "-o", run_dir)
     assert result.returncode == 0, result.stderr[-2000:]
     metrics = json.loads((run_dir / "metrics.json").read_text())
-    assert first_part + metrics["train_runtime"] == pytest.approx(BUDGET, rel=0.05)
+    # The resumed part trains for the rest of the budget: its runtime adds the resume's own seconds
+    # (loading the checkpoint, skipping the batches already trained; up to 1.6 s seen on a loaded
+    # machine), never a second budget (a restarted clock would give more than 1.4 x BUDGET here).
+    assert BUDGET * 0.95 <= first_part + metrics["train_runtime"] <= BUDGET + 3.0
     assert metrics["train_budget_seconds_spent"] == pytest.approx(BUDGET, rel=0.05)
     history = json.loads((run_dir / "trainer_state.json").read_text())["log_history"]
     rates = [(e["step"], e["learning_rate"]) for e in history if "learning_rate" in e]
