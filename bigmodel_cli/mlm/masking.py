@@ -209,8 +209,6 @@ class DeviceMasks:
         self.collator = collator
 
     def __call__(self, batch: dict) -> dict:
-        if "mask_example_ids" not in batch:
-            return batch
         batch = dict(batch)
         example_ids, offsets = batch.pop("mask_example_ids"), batch.pop("mask_offsets")
         batch["input_ids"], batch["labels"] = self.collator.draw(batch["input_ids"], example_ids, offsets)

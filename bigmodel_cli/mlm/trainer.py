@@ -27,6 +27,8 @@ class MLMTrainer(CountingTrainer):
         self.eval_data_collator = eval_data_collator
         self.budget = budget
         self.add_callback(EpochToCollator(self.data_collator))
+        # a collator that leaves the masks to the device: drawn in `get_batch_samples`
+        self.device_masks = DeviceMasks(self.data_collator) if getattr(self.data_collator, "on_device", False) else None
         if head_warmup > 0:
             self.add_callback(HeadWarmup(self.model, head_warmup, budget))
 
@@ -34,10 +36,9 @@ class MLMTrainer(CountingTrainer):
         """Trainer's fetch of one step's micro-batches; a collator that leaves the masks to the device
         gets them drawn here, on the device, before Trainer counts the masked tokens of the step."""
         batches, count = super().get_batch_samples(epoch_iterator, num_batches, device)
-        if not getattr(self.data_collator, "on_device", False) or not batches:
+        if self.device_masks is None or not batches:
             return batches, count
-        masks = DeviceMasks(self.data_collator)
-        batches = [masks(self._prepare_inputs(batch)) for batch in batches]
+        batches = [self.device_masks(self._prepare_inputs(batch)) for batch in batches]
         return batches, self._get_num_items_in_batch(batches, device)
 
     def get_eval_dataloader(self, eval_dataset=None):
