@@ -182,10 +182,12 @@ class PretrainRecipe(Section):
 
     @model_validator(mode="after")
     def _fits(self) -> PretrainRecipe:
-        if self.model.type != "bert" and self.data.packing:
+        if self.model.type != "bert" and self.data.packing:  # a new model's family, or the checkpoint's (`with_checkpoint`)
             if "packing" in self.data.model_fields_set:
-                raise ValueError(f"data.packing is true but model.type is {self.model.type}: packed rows (block-diagonal "
-                                 "masks, per-line positions) are proven for bert only; set data.packing=false")
+                family = (f"{self.model.name_or_path} is a {self.model.type} checkpoint" if self.model.name_or_path
+                          else f"model.type is {self.model.type}")
+                raise ValueError(f"data.packing is true but {family}: packed rows (block-diagonal masks, per-line "
+                                 "positions) are proven for bert only; set data.packing=false")
             self.data.packing = False  # one line per row, and the resolved recipe says so
         if self.model.name_or_path and self.tokenizer.name_or_path:
             raise ValueError(f"tokenizer.name_or_path {self.tokenizer.name_or_path} and model.name_or_path "

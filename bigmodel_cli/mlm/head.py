@@ -108,10 +108,13 @@ def dropout_kwargs(recipe: PretrainRecipe, config) -> dict:
 
 def with_checkpoint(recipe: PretrainRecipe, config) -> PretrainRecipe:
     """`recipe` as the run of checkpoint `config` (from `checkpoint_config`): the checkpoint's family,
-    shape and dropout (where the recipe sets none), and one line per row for a family packing is not
-    proven for. The resolved recipe then says what the run trained, and a rerun compares equal."""
+    shape and dropout (where the recipe sets none); the recipe's own check then gives a family packing
+    is not proven for one line per row. The resolved recipe says what the run trained, and a rerun
+    compares equal."""
+    from pydantic import ValidationError
+
     from bigmodel_cli.errors import BigmodelError
-    from bigmodel_cli.recipe import SHAPE_KEYS
+    from bigmodel_cli.recipe import SHAPE_KEYS, describe_errors
 
     chosen = recipe.model.model_fields_set
     model = recipe.model.model_dump()
@@ -127,12 +130,10 @@ def with_checkpoint(recipe: PretrainRecipe, config) -> PretrainRecipe:
             values = {getattr(config, n) for n in names}
             model[key] = values.pop() if len(values) == 1 else None
     resolved = recipe.model_copy(deep=True)
-    if config.model_type != "bert" and resolved.data.packing:
-        if "packing" in recipe.data.model_fields_set:
-            raise BigmodelError(f"data.packing is true but {recipe.model.name_or_path} is a {config.model_type} "
-                                "checkpoint: packed rows are proven for bert only; set data.packing=false")
-        resolved.data.packing = False
-    resolved.model = type(recipe.model).model_validate(model)
+    try:  # the recipe's own check of family against packing runs on this assignment
+        resolved.model = type(recipe.model).model_validate(model)
+    except ValidationError as e:
+        raise BigmodelError(describe_errors(e, type(recipe), "pretrain")) from None
     return resolved
 
 
