@@ -5,6 +5,7 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 from conftest import TINY, run_cli
 
 pytestmark = pytest.mark.smoke
@@ -58,6 +59,16 @@ def test_a_checkpoint_without_an_mlm_head_gets_a_fresh_one_tied_to_its_embedding
     assert f"continued from {encoder}, with a fresh MLM head tied to its embeddings" in header
     model = AutoModelForMaskedLM.from_pretrained(run_dir)
     assert model.cls.predictions.decoder.weight.data_ptr() == model.bert.embeddings.word_embeddings.weight.data_ptr()
+    from transformers import AutoModelForSequenceClassification
+
+    # the encoder's pooler, which the masked LM does not use, is saved unchanged: a classifier starts from it
+    classifier, loading = AutoModelForSequenceClassification.from_pretrained(run_dir, output_loading_info=True)
+    assert not [k for k in loading["missing_keys"] if "pooler" in k]
+    original = AutoModel.from_pretrained(encoder).pooler.dense
+    assert torch.equal(classifier.bert.pooler.dense.weight, original.weight)
+    assert torch.equal(classifier.bert.pooler.dense.bias, original.bias)
+    assert not torch.equal(classifier.bert.encoder.layer[0].output.dense.weight,
+                           AutoModel.from_pretrained(encoder).encoder.layer[0].output.dense.weight)  # the rest trained
 
 
 def test_a_checkpoint_that_cannot_become_a_masked_lm_stops_before_any_folder_is_made(tmp_path):

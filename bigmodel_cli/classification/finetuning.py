@@ -81,15 +81,14 @@ def run(recipe: FinetuneRecipe, run_dir: Path, resume_from: Path | None = None, 
 def training_collator(recipe: FinetuneRecipe, tokenizer):
     """Batches padded to their longest example, or on a GPU (or when the recipe asks) to a few
     bucket lengths that repeat."""
-    import torch
     from transformers import DataCollatorWithPadding
 
     from bigmodel_cli.classification.batching import BucketPadding
+    from bigmodel_cli.trainer.arguments import on_gpu
 
-    buckets = recipe.data.pad_to_buckets
-    if buckets is None:
-        buckets = torch.cuda.is_available()
-    return BucketPadding(tokenizer, recipe.data.max_seq_length) if buckets else DataCollatorWithPadding(tokenizer)
+    if on_gpu(recipe.data.pad_to_buckets):
+        return BucketPadding(tokenizer, recipe.data.max_seq_length)
+    return DataCollatorWithPadding(tokenizer)
 
 
 def run_seeds(recipe: FinetuneRecipe, run_dir: Path, count: int, overwrite: bool, quiet: bool) -> dict:

@@ -46,7 +46,7 @@ def run(recipe: PretrainRecipe, run_dir: Path, resume_from: Path | None = None, 
     from bigmodel_cli.mlm.tokenizer import get_tokenizer
     from bigmodel_cli.mlm.trainer import MLMTrainer
     from bigmodel_cli.seeds import derive_seed
-    from bigmodel_cli.trainer.arguments import training_arguments
+    from bigmodel_cli.trainer.arguments import on_gpu, training_arguments
     from bigmodel_cli.trainer.callbacks import GracefulStop, RunHeader, TimeBudget
 
     args = training_arguments(recipe.training, run_dir, quiet, prediction_loss_only=True,
@@ -75,18 +75,13 @@ def run(recipe: PretrainRecipe, run_dir: Path, resume_from: Path | None = None, 
     header = RunHeader("pretrain", f"train {len(raw['train'])} lines in {len(train_rows)} sequences, "
                        f"eval {len(raw['validation'])} lines", quiet, budget, notes)
     probability, words = recipe.data.mlm_probability, recipe.data.whole_word_masking
-    on_device = recipe.data.mask_on_device
-    if on_device is None:
-        import torch
-
-        on_device = torch.cuda.is_available()
     trainer = MLMTrainer(
         model=model,
         args=args,
         train_dataset=train_rows,
         eval_dataset=eval_rows,
         data_collator=MLMCollator(tokenizer, probability, seed, positions=bert, whole_words=words, position_ids=bert,
-                                  on_device=on_device),
+                                  on_device=on_gpu(recipe.data.mask_on_device)),
         eval_data_collator=MLMCollator(tokenizer, probability, seed, "held_out_masks", positions=bert, whole_words=words,
                                        position_ids=bert),
         pad_token_id=tokenizer.pad_token_id,
@@ -135,6 +130,7 @@ def save(model, tokenizer, run_dir: Path, metrics: dict, recipe: PretrainRecipe)
 
     if isinstance(model, SparseHeadBertForMaskedLM):  # saved as the stock class: loads anywhere
         plain = BertForMaskedLM(model.config)
+        plain.bert.pooler = model.bert.pooler  # a continued checkpoint's (`keep_pooler`), else None
         plain.load_state_dict(model.state_dict())
         model = plain
     model.save_pretrained(str(run_dir))

@@ -80,8 +80,21 @@ def masked_lm(recipe: PretrainRecipe, tokenizer, checkpoint=None):
         raise model_error(name, e) from None
     head = {k for k in loading["missing_keys"] if not k.startswith(model.base_model_prefix + ".")}
     model.fresh_head = bool(head)  # read by the trainer: a fresh head warms up before the encoder trains
+    if any("pooler" in k.split(".") for k in loading["unexpected_keys"]):  # BERT's and RoBERTa's pooler
+        keep_pooler(model, path)
     said = f"continued from {name}"
     return model, said + (", with a fresh MLM head tied to its embeddings" if head else ", its own MLM head")
+
+
+def keep_pooler(model, path) -> None:
+    """The checkpoint's pooler rides along, frozen, in the masked LM that has none (`BertForMaskedLM`
+    builds its encoder without one), so the run saves it and a classifier fine-tuned from the run
+    starts from the checkpoint's pooler, not a random one. The MLM loss never reaches it."""
+    from transformers import AutoModel
+
+    pooler = AutoModel.from_pretrained(path, use_safetensors=True).pooler
+    pooler.requires_grad_(False)
+    model.base_model.pooler = pooler
 
 
 # The recipe's dropout keys under each family's own config names (BERT's names elsewhere).

@@ -44,6 +44,16 @@ def batch_layout(training: TrainingSection, processes: int) -> tuple[int, int]:
     return share, accumulation
 
 
+def on_gpu(setting: bool | None) -> bool:
+    """A recipe switch whose null means "on where training runs on a GPU" (data.mask_on_device,
+    data.pad_to_buckets): work that pays on a GPU and costs on a CPU."""
+    if setting is not None:
+        return setting
+    import torch
+
+    return torch.cuda.is_available()
+
+
 def training_arguments(training: TrainingSection, run_dir: Path, quiet: bool = False, **extra) -> TrainingArguments:
     import torch
 
