@@ -114,6 +114,9 @@ class BertSection(Section):
     # a checkpoint without an MLM head: its fresh head trains alone for this share of the run (of the time
     # budget, else of the steps) before the encoder joins, so random head gradients do not wash through it
     fresh_head_warmup: float = Field(0.2, ge=0, lt=1)
+    # a fresh head's learning rate (warm-up and after; null: training.learning_rate): a new layer learns
+    # fast while the pretrained encoder moves little
+    fresh_head_learning_rate: float | None = Field(None, gt=0)
     # the family of a new model, each with the tokenizer it trains: bert (WordPiece), roberta (byte-level
     # BPE, no token types), modernbert (rotary positions, GeGLU, local/global attention; byte-level BPE);
     # a continued checkpoint's own model_type

@@ -114,8 +114,38 @@ def test_a_fresh_head_trains_alone_first():
         assert named["cls.predictions.transform.dense.weight"].grad is not None
 
 
+@pytest.mark.unit
+def test_a_fresh_head_learns_at_its_own_rate(tmp_path):
+    """model.fresh_head_learning_rate: the head's parameters (outside the encoder) at that rate, the
+    encoder's (the decoder's tied embeddings too) at training.learning_rate; weight decay as before;
+    the schedule scales both."""
+    from transformers import BertConfig, BertForMaskedLM, TrainingArguments
+
+    from bigmodel_cli.mlm.trainer import MLMTrainer
+
+    model = BertForMaskedLM(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                       intermediate_size=32))
+    args = TrainingArguments(output_dir=str(tmp_path), learning_rate=1e-5, weight_decay=0.01, report_to="none",
+                             use_cpu=True, lr_scheduler_type="linear", warmup_steps=0)
+    trainer = MLMTrainer(model=model, args=args, head_learning_rate=1e-3)
+    trainer.create_optimizer_and_scheduler(num_training_steps=10)
+    names = {id(p): n for n, p in model.named_parameters()}
+    rate = {names[id(p)]: (group["lr"], group["weight_decay"]) for group in trainer.optimizer.param_groups
+            for p in group["params"]}
+    assert len(rate) == len(names)  # every parameter once
+    assert rate["cls.predictions.transform.dense.weight"] == (1e-3, 0.01)
+    assert rate["cls.predictions.bias"] == (1e-3, 0.0)
+    assert rate["bert.embeddings.word_embeddings.weight"][0] == 1e-5  # the tied decoder: the encoder's
+    assert rate["bert.encoder.layer.0.output.dense.weight"] == (1e-5, 0.01)
+    trainer.optimizer.step()
+    trainer.lr_scheduler.step()
+    assert sorted({group["lr"] for group in trainer.optimizer.param_groups}) == pytest.approx([0.9e-5, 0.9e-3])
+    plain = MLMTrainer(model=model, args=args)  # without: Trainer's own two groups
+    assert len(plain.create_optimizer().param_groups) == 2
+
+
 def test_a_continued_run_killed_before_its_end_resumes_to_the_uninterrupted_one(tmp_path, pretrained):
-    """Exact resume holds for continued pretraining too (the fresh head's warm-up included)."""
+    """Exact resume holds for continued pretraining too (the fresh head's warm-up and learning rate included)."""
     from safetensors.torch import load_file
     from test_exact import killed_in
     from transformers import AutoModel, AutoTokenizer
@@ -123,7 +153,7 @@ def test_a_continued_run_killed_before_its_end_resumes_to_the_uninterrupted_one(
     encoder = tmp_path / "encoder"
     AutoModel.from_pretrained(pretrained).save_pretrained(encoder)  # head-less: the warm-up applies
     AutoTokenizer.from_pretrained(pretrained).save_pretrained(encoder)
-    argv = [*CONTINUE, "--model", encoder]
+    argv = [*CONTINUE, "--model", encoder, "--set", "model.fresh_head_learning_rate=1e-2"]  # its own optimizer groups
     straight = tmp_path / "straight"
     assert run_cli(*argv, "-o", straight).returncode == 0
     killed_in([*argv, "-o", tmp_path / "run"], "bigmodel_cli.trainer.trainer", "CountingTrainer", "training_step",

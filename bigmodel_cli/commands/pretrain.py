@@ -64,8 +64,11 @@ def run(recipe: PretrainRecipe, run_dir: Path, resume_from: Path | None = None, 
         train_rows, eval_rows = tokenize_corpus(recipe, tokenizer, raw, packing=recipe.data.packing and bert)
     model, origin = masked_lm(recipe, tokenizer, checkpoint)
     notes = [origin, speedups(model)]
-    if getattr(model, "fresh_head", False) and recipe.model.fresh_head_warmup:
+    fresh = getattr(model, "fresh_head", False)
+    if fresh and recipe.model.fresh_head_warmup:
         notes.append(f"the fresh head trains alone for the first {recipe.model.fresh_head_warmup:.0%} of the run")
+    if fresh and recipe.model.fresh_head_learning_rate:
+        notes.append(f"the fresh head at learning rate {recipe.model.fresh_head_learning_rate:g}")
     stop = GracefulStop()
     budget = TimeBudget(recipe.training.time_budget) if recipe.training.time_budget else None
     if budget is not None:
@@ -86,7 +89,8 @@ def run(recipe: PretrainRecipe, run_dir: Path, resume_from: Path | None = None, 
                                        position_ids=bert),
         pad_token_id=tokenizer.pad_token_id,
         budget=budget,
-        head_warmup=recipe.model.fresh_head_warmup if getattr(model, "fresh_head", False) else 0.0,
+        head_warmup=recipe.model.fresh_head_warmup if fresh else 0.0,
+        head_learning_rate=recipe.model.fresh_head_learning_rate if fresh else None,
         callbacks=[header, stop, budget] if budget else [header, stop],  # before the progress bar
     )
     if not bert:  # a stock head that takes a plain mean (RoBERTa's): Trainer scales it instead of passing the count

@@ -17,7 +17,7 @@ class MLMTrainer(CountingTrainer):
     epochs and runs) and, with a time budget, lays the learning-rate schedule over the budget."""
 
     def __init__(self, *args, eval_data_collator=None, budget: TimeBudget | None = None, head_warmup: float = 0.0,
-                 **kwargs):
+                 head_learning_rate: float | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         if budget is not None and not self.args.disable_tqdm:  # a bar in seconds, not in unknown steps
             from transformers.trainer_callback import ProgressCallback
@@ -31,6 +31,24 @@ class MLMTrainer(CountingTrainer):
         self.device_masks = DeviceMasks(self.data_collator) if getattr(self.data_collator, "on_device", False) else None
         if head_warmup > 0:
             self.add_callback(HeadWarmup(self.model, head_warmup, budget))
+        self.head_learning_rate = head_learning_rate
+
+    def create_optimizer(self, model=None):
+        """Trainer's optimizer; with `head_learning_rate`, each of its groups split in two, the head's
+        parameters (those outside the encoder) at that rate, so a fresh head learns fast while the
+        encoder moves at the recipe's rate. Every schedule scales both alike."""
+        optimizer = super().create_optimizer(model)
+        if self.head_learning_rate is None:
+            return optimizer
+        prefix = self.model.base_model_prefix + "."
+        head = {id(p) for n, p in self.model.named_parameters() if not n.startswith(prefix)}
+        groups, optimizer.param_groups = optimizer.param_groups, []
+        for group in groups:
+            encoder = [p for p in group["params"] if id(p) not in head]
+            for params, lr in ((encoder, group["lr"]), ([p for p in group["params"] if id(p) in head], self.head_learning_rate)):
+                if params:
+                    optimizer.add_param_group({**group, "params": params, "lr": lr})
+        return optimizer
 
     def get_batch_samples(self, epoch_iterator, num_batches: int, device):
         """Trainer's fetch of one step's micro-batches; a collator that leaves the masks to the device
