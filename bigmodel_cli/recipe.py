@@ -133,6 +133,9 @@ class BertSection(Section):
     def _new_model_fits(self) -> BertSection:
         if self.name_or_path:  # a checkpoint's own family and shape, checked when it loads
             return self
+        if self.fresh_head_learning_rate is not None:
+            raise ValueError("model.fresh_head_learning_rate is for a continued checkpoint's fresh MLM head; a new model "
+                             "trains at training.learning_rate: remove the key, or set model.name_or_path")
         if self.type not in FAMILIES:
             raise ValueError(f"model.type {self.type}: a new model is one of {', '.join(FAMILIES)} (another family: "
                              "continue one of its checkpoints with model.name_or_path)")

@@ -90,6 +90,15 @@ def test_a_shape_key_the_checkpoint_contradicts_names_the_key(tmp_path, pretrain
     assert result.returncode == 2 and "model.num_hidden_layers 4 differs from" in result.stderr, result.stderr[-1500:]
 
 
+def test_a_fresh_head_learning_rate_on_a_new_model_names_the_key(tmp_path):
+    result = run_cli("pretrain", "-r", "pretrain/tiny-debug", "-q", "--set", "model.fresh_head_learning_rate=1e-3",
+                     "-o", tmp_path / "run")
+    err = result.stderr.strip()
+    assert result.returncode == 2 and "Traceback" not in err and len(err.splitlines()) == 1, err[-1500:]
+    assert "model.fresh_head_learning_rate" in err and "model.name_or_path" in err
+    assert not (tmp_path / "run").exists()
+
+
 @pytest.mark.unit
 def test_a_fresh_head_trains_alone_first():
     """While it warms up, the encoder's gradients are dropped before each optimizer step (AdamW then

@@ -92,9 +92,10 @@ def keep_pooler(model, path) -> None:
     starts from the checkpoint's pooler, not a random one. The MLM loss never reaches it."""
     from transformers import AutoModel
 
-    pooler = AutoModel.from_pretrained(path, use_safetensors=True).pooler
-    pooler.requires_grad_(False)
-    model.base_model.pooler = pooler
+    pooler = getattr(AutoModel.from_pretrained(path, use_safetensors=True), "pooler", None)
+    if pooler is not None and hasattr(model.base_model, "pooler"):
+        pooler.requires_grad_(False)
+        model.base_model.pooler = pooler
 
 
 # The recipe's dropout keys under each family's own config names (BERT's names elsewhere).
