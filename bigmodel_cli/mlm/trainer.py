@@ -40,12 +40,12 @@ class MLMTrainer(CountingTrainer):
         optimizer = super().create_optimizer(model)
         if self.head_learning_rate is None:
             return optimizer
-        prefix = self.model.base_model_prefix + "."
-        head = {id(p) for n, p in self.model.named_parameters() if not n.startswith(prefix)}
+        encoder = {id(p) for p in encoder_parameters(self.model)}
         groups, optimizer.param_groups = optimizer.param_groups, []
         for group in groups:
-            encoder = [p for p in group["params"] if id(p) not in head]
-            for params, lr in ((encoder, group["lr"]), ([p for p in group["params"] if id(p) in head], self.head_learning_rate)):
+            inside = [p for p in group["params"] if id(p) in encoder]
+            outside = [p for p in group["params"] if id(p) not in encoder]
+            for params, lr in ((inside, group["lr"]), (outside, self.head_learning_rate)):
                 if params:
                     optimizer.add_param_group({**group, "params": params, "lr": lr})
         return optimizer
@@ -121,6 +121,13 @@ class MLMTrainer(CountingTrainer):
             self.budget.resume_at(state["budget_seconds_spent"])
 
 
+def encoder_parameters(model) -> list:
+    """The parameters of the masked LM's encoder (the tied decoder's word embeddings among them); the
+    rest are its head's. The split that the head's warm-up and its learning rate both go by."""
+    prefix = model.base_model_prefix + "."
+    return [p for n, p in model.named_parameters() if n.startswith(prefix)]
+
+
 class HeadWarmup(TrainerCallback):
     """A fresh MLM head trains alone first: for the first `share` of the run (of the time budget, else
     of the steps) the encoder's gradients are dropped before each optimizer step, so AdamW skips its
@@ -130,8 +137,7 @@ class HeadWarmup(TrainerCallback):
 
     def __init__(self, model, share: float, budget: TimeBudget | None):
         self.share, self.budget = share, budget
-        prefix = model.base_model_prefix + "."
-        self.encoder = [p for n, p in model.named_parameters() if n.startswith(prefix)]
+        self.encoder = encoder_parameters(model)
 
     def warming(self, state) -> bool:
         if self.budget is not None:
