@@ -130,3 +130,10 @@ def test_time_budget_ends_the_run_and_the_bar_counts_seconds(tmp_path):
     assert "until the 3 s budget runs out" in result.stderr and "training (time budget)" in result.stderr
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert 3 <= metrics["train_runtime"] < 30 and math.isfinite(metrics["perplexity"])
+
+
+def test_every_training_log_of_a_run_says_its_speed(pretrained):
+    """A real run's training logs carry the speed of their window (`bigmodel report` plots it)."""
+    logged = [e for e in json.loads((pretrained / "trainer_state.json").read_text())["log_history"] if "loss" in e]
+    assert logged and all(e["tokens_per_second"] > 0 and e["examples_per_second"] > 0 for e in logged), logged
+    assert all(e["tokens_per_second"] > e["examples_per_second"] for e in logged)  # lines of several tokens each

@@ -14,7 +14,8 @@ def test_report_plots_the_logged_values_and_compares_runs(finetuned, pretrained,
     out = tmp_path / "report"
     result = run_cli("report", finetuned, pretrained, "--output", out)
     assert result.returncode == 0, result.stderr[-2000:]
-    for name in ("training_loss.png", "learning_rate.png", "eval_f1.png", f"confusion_matrix_{finetuned.name}.png"):
+    for name in ("training_loss.png", "learning_rate.png", "training_speed.png", "eval_f1.png",
+                 f"confusion_matrix_{finetuned.name}.png"):
         data = (out / name).read_bytes()
         assert data.startswith(PNG) and len(data) > 5000, name  # a real picture, not an empty canvas
     text = (out / "report.md").read_text()

@@ -91,6 +91,7 @@ def run(recipe: PretrainRecipe, run_dir: Path, resume_from: Path | None = None, 
         budget=budget,
         head_warmup=recipe.model.fresh_head_warmup if fresh else 0.0,
         head_learning_rate=recipe.model.fresh_head_learning_rate if fresh else None,
+        seq_length=recipe.data.max_seq_length,
         callbacks=[header, stop, budget] if budget else [header, stop],  # before the progress bar
     )
     if not bert:  # a stock head that takes a plain mean (RoBERTa's): Trainer scales it instead of passing the count

@@ -77,7 +77,9 @@ def run(run_dirs: list[Path], output: Path) -> list[Path]:
     eval_keys = sorted({k for r in runs for e in r["history"] for k in e
                         if k.startswith("eval_") and not k.endswith(("runtime", "per_second"))})
     plots = [("loss", "training loss", "training_loss.png", "loss"),
-             ("learning_rate", "learning rate", "learning_rate.png", "learning rate")]
+             ("learning_rate", "learning rate", "learning_rate.png", "learning rate"),
+             ("tokens_per_second", "training speed (since the log before)", "training_speed.png", "real tokens/s"),
+             ("model_flops_utilization", "model FLOP utilisation", "model_flops_utilization.png", "MFU")]
     plots += [(k, k.removeprefix("eval_"), f"{k}.png", k.removeprefix("eval_")) for k in eval_keys]
     for key, title, name, ylabel in plots:
         if _plot(runs, key, title, output / name, ylabel):

@@ -17,7 +17,7 @@ class MLMTrainer(CountingTrainer):
     epochs and runs) and, with a time budget, lays the learning-rate schedule over the budget."""
 
     def __init__(self, *args, eval_data_collator=None, budget: TimeBudget | None = None, head_warmup: float = 0.0,
-                 head_learning_rate: float | None = None, **kwargs):
+                 head_learning_rate: float | None = None, seq_length: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
         if budget is not None and not self.args.disable_tqdm:  # a bar in seconds, not in unknown steps
             from transformers.trainer_callback import ProgressCallback
@@ -32,6 +32,7 @@ class MLMTrainer(CountingTrainer):
         if head_warmup > 0:
             self.add_callback(HeadWarmup(self.model, head_warmup, budget))
         self.head_learning_rate = head_learning_rate
+        self.seq_length = seq_length  # the rows' length: the attention term of the FLOP count
 
     def create_optimizer(self, model=None):
         """Trainer's optimizer; with `head_learning_rate`, each of its groups split in two, the head's
@@ -49,6 +50,20 @@ class MLMTrainer(CountingTrainer):
                 if params:
                     optimizer.add_param_group({**group, "params": params, "lr": lr})
         return optimizer
+
+    def window_figures(self, tokens: float, masked: float, seconds: float) -> dict[str, float]:
+        """A training log's model FLOP utilisation over its window, on a GPU of known peak (the
+        formula in `bigmodel_cli/mfu.py`, as the run's closing figure)."""
+        import torch
+
+        from bigmodel_cli.mfu import utilization
+
+        if self.seq_length is None:
+            return {}
+        device = torch.cuda.get_device_name() if torch.cuda.is_available() else None
+        figures = utilization(self.model.config, self.seq_length, tokens, masked, seconds, device)
+        return {"model_flops_utilization": round(figures["model_flops_utilization"], 4)} \
+            if "model_flops_utilization" in figures else {}
 
     def get_batch_samples(self, epoch_iterator, num_batches: int, device):
         """Trainer's fetch of one step's micro-batches; a collator that leaves the masks to the device

@@ -1,10 +1,11 @@
 """The one `Trainer` subclass of pretrain and finetune: Trainer is the loop; this counts what it trains.
 
 `CountingTrainer` adds what `Trainer` lacks: an exact count of the real (non-padding) tokens and
-examples trained on, the whole run's training loss (kept across resumes), and a stop with the step
+examples trained on, the whole run's training loss (kept across resumes), a stop with the step
 number when the loss stops being finite (`logging_nan_inf_filter` would hide it and the run would
-exit 0 with NaN weights). Its two other jobs live in mixins of their own: seeded whole-batch
-sampling (`sampling.SeededSampling`) and atomic checkpoints (`checkpoints.AtomicCheckpoints`).
+exit 0 with NaN weights), and in each training log the speed since the log before. Its two other
+jobs live in mixins of their own: seeded whole-batch sampling (`sampling.SeededSampling`) and
+atomic checkpoints (`checkpoints.AtomicCheckpoints`).
 """
 
 from __future__ import annotations
@@ -42,9 +43,13 @@ class CountingTrainer(AtomicCheckpoints, SeededSampling, Trainer):
         self.first_bad: torch.Tensor | None = None
         self.loss_before = 0.0  # the summed loss of the steps before a resume (saved in checkpoints)
         self.aside_seconds = 0.0  # spent evaluating and checkpointing inside train(): not training speed
+        # (seconds, real tokens, examples, masked tokens, aside seconds) at the last training log: its window's start
+        self.window: tuple[float, ...] | None = None
         self.add_callback(FiniteLossCheck(self))
 
     def training_step(self, model, inputs, num_items_in_batch=None):
+        if self.window is None:  # the first window starts with the first step (and shows its warm-up)
+            self.window = (time.perf_counter(), 0.0, 0.0, 0.0, self.aside_seconds)  # nothing counted yet
         ids = inputs["input_ids"]
         real = (ids != self.pad_token_id).sum()
         if "position_ids" in inputs:  # packed rows: every line starts at position 0
@@ -65,6 +70,26 @@ class CountingTrainer(AtomicCheckpoints, SeededSampling, Trainer):
         bad = (~torch.isfinite(done)) & (self.first_bad[0] < 0)
         self.first_bad = torch.where(bad, torch.stack([done.new_tensor(self.state.global_step + 1.0), done]), self.first_bad)
         return loss
+
+    def log(self, logs: dict[str, float], start_time: float | None = None) -> None:
+        """Trainer's log; a training log (the one with `loss`) also gets the speed since the last one:
+        `tokens_per_second` (real tokens) and `examples_per_second`, all processes together, with
+        evaluations and checkpoints set aside, and the `window_figures` of the subclass. Read where the
+        host reads anyway (the loss), so the steps between logs still never wait for the device."""
+        if "loss" in logs and self.window is not None:
+            start, *counted, aside = self.window
+            now, (tokens, examples, _, masked) = time.perf_counter(), self.read_sums()
+            seconds = max(now - start - (self.aside_seconds - aside), 1e-9)
+            window = summed_over_processes(tokens - counted[0], examples - counted[1], masked - counted[2])
+            logs["tokens_per_second"] = round(window[0] / seconds, 1)
+            logs["examples_per_second"] = round(window[1] / seconds, 2)
+            logs.update(self.window_figures(window[0], window[2], seconds))
+            self.window = (time.perf_counter(), tokens, examples, masked, self.aside_seconds)
+        super().log(logs, start_time)
+
+    def window_figures(self, tokens: float, masked: float, seconds: float) -> dict[str, float]:
+        """More figures for a training log's window (`tokens` real and `masked` tokens in `seconds`)."""
+        return {}
 
     def read_sums(self) -> tuple[float, float, float, float]:
         """(real tokens, examples, summed loss, masked tokens) of this process's steps so far (a host sync)."""
