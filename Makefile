@@ -44,7 +44,7 @@ bench: install  ## benchmarks: ours vs run_glue.py / run_mlm.py, JSON in bench-r
 bench-quick: install  ## a few minutes' version of `make bench`
 	$(BIN)/python benchmarks/bench.py --data $(DATA) --out bench-results/bench-quick.json --quick
 
-bench-gpu:  ## one GPU: ours vs run_glue.py / run_mlm.py, BERT-base fp32/bf16 MFU, NCCL launch (under 8 minutes)
+bench-gpu:  ## one GPU: ours vs run_glue.py / run_mlm.py, BERT-base fp32/bf16 MFU, NCCL launch (under 8 minutes; BENCH_GPU_FLAGS=--sections=all adds the variants)
 	$(if $(wildcard $(BIN)/python),$(BIN)/python,$(PYTHON)) benchmarks/bench.py --gpu --data $(DATA) --out bench-results/bench-gpu.json $(BENCH_GPU_FLAGS)
 
 bench-eval: install  ## fine-tuning's evaluation speed alone, ours vs run_glue.py (4 minutes)

@@ -12,6 +12,10 @@ pretrain: BERT-tiny on WikiText-2 with one tokenizer for both. Peer = run_mlm.py
   both. Real (non-pad) tokens/s and held-out perplexity (one scorer, fixed masks).
 gemm: this CPU's matrix-multiply peak, to put achieved FLOP/s against.
 
+--gpu (`make bench-gpu`): the same comparisons on one GPU, BERT-base fp32 against bf16 with MFU, a
+  one-process NCCL launch (--sections main), and ours with one setting changed (--sections variants:
+  bf16, torch.compile, loader workers, host masks, buckets). --dry-run: the same on any machine.
+
 Each side trains and evaluates in a process of its own, as its command would run: ours with the
 process settings `bigmodel`'s commands make (freed memory kept for reuse), the peer with Python's
 stock ones. The sides take turns, never overlap, and the evaluation rounds alternate between them.
@@ -40,6 +44,7 @@ import torch  # noqa: E402
 # time (ours repeats its pass until it has run as long as the peer's did), the side that goes first
 # alternating; each round gives a ratio, and the median round is reported.
 EVAL_ROUNDS = 7
+MINILM = "sentence-transformers/all-MiniLM-L6-v2"  # from its package (`bigmodel[minilm]`) or any folder given
 
 
 def gemm_peak(dtype=torch.float32, n=1024, seconds=2.0, device="cpu") -> float:
@@ -109,18 +114,26 @@ def eval_rounds(peer_side: ProcessPoolExecutor, ours_side: ProcessPoolExecutor, 
     return results
 
 
+def steady(run_dir: Path, key: str) -> float | None:
+    """A run's speed once warm: the median of its training logs' windows after the first (which holds
+    the first steps' warm-up and any compilation). None with fewer than two windows."""
+    state = run_dir / "trainer_state.json"
+    values = [e[key] for e in json.loads(state.read_text())["log_history"] if key in e] if state.is_file() else []
+    return statistics.median(values[1:]) if len(values) > 1 else None
+
+
 def medians(rounds: list[dict]) -> dict:
     """The median round's ratio (both sides saw that round's drift) and each side's median speed."""
     return {key: statistics.median(r[key] for r in rounds) for key in ("ratio", "peer", "ours")}
 
 
-def train_then_evaluate(mrpc: Path, work: Path, peer_args: tuple, ours_overrides: list[str]):
+def train_then_evaluate(mrpc: Path, work: Path, peer_args: tuple, ours_overrides: list[str], rounds: int = EVAL_ROUNDS):
     """Each side fine-tunes in a process of its own, one after the other; then both evaluate in
     interleaved rounds. Returns (peer's figures, ours, the rounds)."""
     with side_process(False) as peer_side, side_process(True) as ours_side:
         peer = peer_side.submit(_train, "finetune_peer", mrpc, work, *peer_args).result()
         ours = ours_side.submit(_train, "finetune_ours", mrpc, work, ours_overrides).result()
-        return peer, ours, eval_rounds(peer_side, ours_side, EVAL_ROUNDS)
+        return peer, ours, eval_rounds(peer_side, ours_side, rounds)
 
 
 def side_process(ours: bool) -> ProcessPoolExecutor:
@@ -132,14 +145,15 @@ def side_process(ours: bool) -> ProcessPoolExecutor:
 # ---------------------------------------------------------------------------------------------
 # finetune
 # ---------------------------------------------------------------------------------------------
-def finetune_ours(mrpc: Path, work: Path, overrides: list[str]):
+def finetune_ours(mrpc: Path, work: Path, overrides: list[str], name: str = "ours-finetune"):
     """Trains; returns its figures and a function that evaluates the saved model once (samples/s)."""
     from bigmodel_cli.classification import finetuning
     from bigmodel_cli.recipe import load_recipe
 
     recipe, _ = load_recipe("finetune", "finetune/mrpc", flags={"data.data_dir": str(mrpc)},
                             overrides=[*overrides, "training.report_to=[none]", "training.save_total_limit=1"])
-    metrics = finetuning.run(recipe, work / "ours-finetune", quiet=True)
+    run_dir = work / name
+    metrics = finetuning.run(recipe, run_dir, quiet=True)
     from transformers import AutoModelForSequenceClassification
 
     from bigmodel_cli.classification.data import encode, load_glue
@@ -148,9 +162,9 @@ def finetune_ours(mrpc: Path, work: Path, overrides: list[str]):
     from bigmodel_cli.kernels import classify_from_first_token
     from bigmodel_cli.models import load_tokenizer
 
-    model = AutoModelForSequenceClassification.from_pretrained(work / "ours-finetune")
+    model = AutoModelForSequenceClassification.from_pretrained(run_dir)
     classify_from_first_token(model)  # as `bigmodel eval` loads it
-    tokenizer = load_tokenizer(str(work / "ours-finetune"))
+    tokenizer = load_tokenizer(str(run_dir))
     task = get_task("mrpc")
     features = encode(load_glue(task, "validation", str(mrpc)), tokenizer)
 
@@ -162,11 +176,12 @@ def finetune_ours(mrpc: Path, work: Path, overrides: list[str]):
     # aside; the figure with them is kept beside it.
     return {"train_samples_per_second": metrics["train_step_examples_per_second"],
             "train_samples_per_second_with_evaluations": metrics["train_samples_per_second"],
+            "train_samples_per_second_steady": steady(run_dir, "examples_per_second"),
             "eval_accuracy": metrics["eval_accuracy"], "eval_f1": metrics["eval_f1"],
             "train_runtime": metrics["train_runtime"]}, evaluate
 
 
-def finetune_peer(mrpc: Path, work: Path, max_steps: int, epochs: float):
+def finetune_peer(mrpc: Path, work: Path, max_steps: int, epochs: float, model_name: str = MINILM):
     """run_glue.py's defaults; returns its figures and a function that runs its evaluation once."""
     import numpy as np
     from transformers import AutoModelForSequenceClassification, Trainer, TrainingArguments, default_data_collator
@@ -177,7 +192,7 @@ def finetune_peer(mrpc: Path, work: Path, max_steps: int, epochs: float):
     from bigmodel_cli.models import load_tokenizer, resolve_model_path
 
     task = get_task("mrpc")
-    path = resolve_model_path("sentence-transformers/all-MiniLM-L6-v2")
+    path = resolve_model_path(model_name)
     tokenizer = load_tokenizer(path)
 
     def encode(data):
@@ -212,17 +227,19 @@ def finetune_peer(mrpc: Path, work: Path, max_steps: int, epochs: float):
 # ---------------------------------------------------------------------------------------------
 # pretrain
 # ---------------------------------------------------------------------------------------------
-def pretrain_ours(corpus: Path, work: Path, budget: float, tokenizer_dir: Path | None) -> dict:
+def pretrain_ours(corpus: Path, work: Path, budget: float, tokenizer_dir: Path | None, extra: tuple[str, ...] = (),
+                  name: str = "ours-pretrain") -> dict:
     from bigmodel_cli.commands import pretrain
     from bigmodel_cli.recipe import load_recipe
 
     overrides = [f"data.train_files=[{corpus}]", f"training.time_budget={budget}", "training.report_to=[none]",
-                 "training.save_strategy=no"]
+                 "training.save_strategy=no", *extra]
     if tokenizer_dir:
         overrides.append(f"tokenizer.name_or_path={tokenizer_dir}")
     recipe, _ = load_recipe("pretrain", "pretrain/bert-tiny", overrides=overrides)
-    metrics = pretrain.run(recipe, work / "ours-pretrain", quiet=True)
+    metrics = pretrain.run(recipe, work / name, quiet=True)
     return {"train_tokens_per_second": metrics["train_tokens_per_second"],
+            "train_tokens_per_second_steady": steady(work / name, "tokens_per_second"),
             "train_samples_per_second": metrics["train_samples_per_second"],
             "train_real_tokens": metrics["train_real_tokens"], "model_parameters": metrics["model_parameters"]}
 
@@ -269,22 +286,28 @@ def pretrain_peer(corpus: Path, work: Path, budget: float, tokenizer_dir: Path) 
             "train_real_tokens": counts["train_real_tokens"], "model_parameters": model.num_parameters()}
 
 
-def pretrain_base(corpus: Path, work: Path, budget: float, bf16: bool, dry_run: bool) -> dict:
-    """`pretrain/bert-base` (12 x 768, 128 tokens) for `budget` seconds, fp32 or bf16: real tokens/s, MFU."""
+def pretrain_base(corpus: Path, work: Path, budget: float, bf16: bool, dry_run: bool, extra: tuple[str, ...] = (),
+                  name: str = "") -> dict:
+    """`pretrain/bert-base` (12 x 768, 128 tokens) for `budget` seconds, fp32 or bf16: real tokens/s and
+    MFU over the whole run and once warm (the median logging window after the first)."""
     from bigmodel_cli.commands import pretrain
     from bigmodel_cli.recipe import load_recipe
 
     overrides = [f"data.train_files=[{corpus}]", f"training.time_budget={budget}", "training.max_steps=-1",
                  "training.report_to=[none]", "training.save_strategy=no", "training.eval_strategy=no",
-                 f"training.bf16={str(bf16).lower()}", "tokenizer.vocab_size=30522"]
+                 f"training.bf16={str(bf16).lower()}", "tokenizer.vocab_size=30522", "training.logging_steps=10"]
     if dry_run:  # the plumbing only, on a CPU: a small model and batch
         overrides += ["model.num_hidden_layers=2", "model.hidden_size=64", "model.num_attention_heads=2",
-                      "model.intermediate_size=128", "training.global_batch_size=16", "training.per_device_train_batch_size=16"]
-    recipe, _ = load_recipe("pretrain", "pretrain/bert-base", overrides=overrides)
-    metrics = pretrain.run(recipe, work / f"base-{'bf16' if bf16 else 'fp32'}", quiet=True)
+                      "model.intermediate_size=128", "training.global_batch_size=16", "training.per_device_train_batch_size=16",
+                      "training.logging_steps=2"]
+    recipe, _ = load_recipe("pretrain", "pretrain/bert-base", overrides=[*overrides, *extra])
+    run_dir = work / (name or f"base-{'bf16' if bf16 else 'fp32'}")
+    metrics = pretrain.run(recipe, run_dir, quiet=True)
     keys = ("train_tokens_per_second", "train_model_flops_per_second", "model_flops_utilization", "train_real_tokens",
             "train_step_seconds", "perplexity")
-    return {k: metrics[k] for k in keys if k in metrics}
+    return {**{k: metrics[k] for k in keys if k in metrics},
+            "train_tokens_per_second_steady": steady(run_dir, "tokens_per_second"),
+            "model_flops_utilization_steady": steady(run_dir, "model_flops_utilization")}
 
 
 def nccl_launch(work: Path, dry_run: bool) -> dict:
@@ -336,60 +359,236 @@ def finetune_flops_per_example(mrpc: Path, run_dir: Path) -> tuple[float, float]
     return 6 * per_token * mean[0], 2 * per_token * mean[1]
 
 
-def gpu_sections(opts, mrpc: Path, corpus: Path, work: Path, report: dict, save) -> None:
-    """`make bench-gpu`: each side in its own process, one after the other, on one GPU."""
-    dry = opts.dry_run
-    device = "cuda" if torch.cuda.is_available() else "cpu"
-    report["machine"] = {"device": torch.cuda.get_device_name() if device == "cuda" else "cpu (dry run)",
-                         "torch": torch.__version__}
-    report["gemm_peak_flops"] = {"fp32": gemm_peak(torch.float32, 4096 if device == "cuda" else 512, 2.0, device),
-                                 "bf16": gemm_peak(torch.bfloat16, 4096 if device == "cuda" else 512, 2.0, device)}
-    steps, epochs = (5, 1.0) if dry else (-1, 3.0)  # run_glue.py's 3 epochs; ours the shipped recipe's
-    peer, ours, rounds = train_then_evaluate(mrpc, work, (steps, epochs), ["training.max_steps=5"] if dry else [])
+# ---------------------------------------------------------------------------------------------
+# one GPU: `make bench-gpu`
+# ---------------------------------------------------------------------------------------------
+class GpuRun:
+    """What every GPU section needs: the data, MiniLM's folder, a scratch folder, and whether this is
+    a dry run (the same sections for seconds each, on any machine)."""
+
+    def __init__(self, mrpc: Path, corpus: Path, work: Path, model: str, dry: bool):
+        self.mrpc, self.corpus, self.work, self.model, self.dry = mrpc, corpus, work, model, dry
+
+    def budget(self, seconds: float) -> float:
+        return 8.0 if self.dry else seconds
+
+    def logging(self) -> tuple[str, ...]:
+        """BERT-tiny's logging steps in a dry run: enough logs in seconds to have a steady speed."""
+        return ("training.logging_steps=5",) if self.dry else ()
+
+    def finetune_overrides(self, *extra: str) -> list[str]:
+        dry = ["training.max_steps=6", "training.logging_steps=2"] if self.dry else []  # logs enough to have a steady speed
+        return [f"model.name_or_path={self.model}", *dry, *extra]
+
+
+def in_side(ours: bool, name: str, *args):
+    """One job in a fresh process of its own side."""
+    with side_process(ours) as side:
+        return side.submit(_train, name, *args).result()
+
+
+def finetune_section(run: GpuRun) -> dict:
+    """MiniLM on MRPC: ours (the shipped recipe) against run_glue.py's defaults (3 epochs)."""
+    steps, epochs = (5, 1.0) if run.dry else (-1, 3.0)
+    peer, ours, rounds = train_then_evaluate(run.mrpc, run.work, (steps, epochs, run.model), run.finetune_overrides(),
+                                             rounds=1 if run.dry else EVAL_ROUNDS)
     middle = medians(rounds)
-    report["finetune"] = {"peer": peer, "ours": ours, "rounds": rounds, "ratio": {
+    peer["eval_samples_per_second"], ours["eval_samples_per_second"] = middle["peer"], middle["ours"]
+    return {"peer": peer, "ours": ours, "rounds": rounds, "ratio": {
         "train_samples_per_second": ours["train_samples_per_second"] / peer["train_samples_per_second"],
         "eval_samples_per_second": middle["ratio"]}}
-    save()
-    budget = 8.0 if dry else 60.0
-    with side_process(True) as side:
-        ours = side.submit(_train, "pretrain_ours", corpus, work, budget, None).result()
-    with side_process(False) as side:
-        peer = side.submit(_train, "pretrain_peer", corpus, work, budget, work / "ours-pretrain").result()
+
+
+def held_out_lines(corpus: Path) -> list[str]:
     from bigmodel_cli.mlm.text import load_corpus
     from bigmodel_cli.recipe import load_recipe
 
     recipe, _ = load_recipe("pretrain", "pretrain/bert-tiny", overrides=[f"data.train_files=[{corpus}]"])
-    held = list(load_corpus(recipe)["validation"]["text"])
-    ours["perplexity"] = held_out_perplexity(work / "ours-pretrain", held, work)
-    peer["perplexity"] = held_out_perplexity(work / "peer-pretrain", held, work)
-    report["pretrain_tiny"] = {"budget_seconds": budget, "peer": peer, "ours": ours, "ratio": {
+    return list(load_corpus(recipe)["validation"]["text"])
+
+
+def pretrain_tiny_section(run: GpuRun) -> dict:
+    """BERT-tiny on WikiText-2, ours against run_mlm.py --line_by_line, the same seconds each, one tokenizer."""
+    budget = run.budget(45.0)
+    ours = in_side(True, "pretrain_ours", run.corpus, run.work, budget, None, run.logging())
+    peer = in_side(False, "pretrain_peer", run.corpus, run.work, budget, run.work / "ours-pretrain")
+    held = held_out_lines(run.corpus)
+    ours["perplexity"] = held_out_perplexity(run.work / "ours-pretrain", held, run.work)
+    peer["perplexity"] = held_out_perplexity(run.work / "peer-pretrain", held, run.work)
+    return {"budget_seconds": budget, "peer": peer, "ours": ours, "ratio": {
         "train_tokens_per_second": ours["train_tokens_per_second"] / peer["train_tokens_per_second"],
         "perplexity": ours["perplexity"] / peer["perplexity"]}}
-    save()
-    base = {}
-    for bf16 in (False, True):
-        with side_process(True) as side:
-            base["bf16" if bf16 else "fp32"] = side.submit(_train, "pretrain_base", corpus, work, 8.0 if dry else 45.0,
-                                                           bf16, dry).result()
+
+
+def pretrain_base_section(run: GpuRun) -> dict:
+    """`pretrain/bert-base` in fp32 and in bf16, the same seconds each: tokens/s, MFU, bf16 over fp32."""
+    base = {precision: in_side(True, "pretrain_base", run.corpus, run.work, run.budget(30.0), precision == "bf16", run.dry)
+            for precision in ("fp32", "bf16")}
     base["bf16_over_fp32"] = base["bf16"]["train_tokens_per_second"] / base["fp32"]["train_tokens_per_second"]
-    report["pretrain_base"] = base
-    save()
-    report["nccl_launch"] = nccl_launch(work, dry)
-    save()
+    base["bf16_over_fp32_steady"] = ratio(base["bf16"]["train_tokens_per_second_steady"],
+                                          base["fp32"]["train_tokens_per_second_steady"])
+    return base
+
+
+def nccl_section(run: GpuRun) -> dict:
+    return nccl_launch(run.work, run.dry)
+
+
+# Ours alone with one setting changed, against the section that ran it at its default: whether bf16
+# pays for fine-tuning, whether torch.compile pays, whether loader workers, device-side masks and
+# bucketed batches pay. name: (what runs, the overrides, the section compared with)
+VARIANTS = {
+    "finetune_bf16": ("finetune", ("training.bf16=true",), "finetune"),
+    "pretrain_base_compiled": ("pretrain_base", ("training.torch_compile=true",), "pretrain_base"),
+    "finetune_compiled": ("finetune", ("training.torch_compile=true",), "finetune"),
+    "pretrain_base_no_workers": ("pretrain_base", ("training.dataloader_num_workers=0",), "pretrain_base"),
+    "pretrain_tiny_host_masks": ("pretrain_tiny", ("data.mask_on_device=false",), "pretrain_tiny"),
+    "finetune_unbucketed": ("finetune", ("data.pad_to_buckets=false",), "finetune"),
+}
+SPEED_KEYS = {"finetune": ("train_samples_per_second", "train_samples_per_second_steady"),
+              "pretrain_tiny": ("train_tokens_per_second", "train_tokens_per_second_steady"),
+              "pretrain_base": ("train_tokens_per_second", "train_tokens_per_second_steady")}
+
+
+def variant_section(run: GpuRun, name: str) -> dict:
+    kind, overrides, compared_with = VARIANTS[name]
+    if kind == "finetune":
+        ours = in_side(True, "finetune_ours", run.mrpc, run.work, run.finetune_overrides(*overrides), name)
+    elif kind == "pretrain_base":  # bf16, the recipe's precision; compiling gets time to pay back its compilation
+        seconds = 60.0 if "training.torch_compile=true" in overrides else 30.0
+        ours = in_side(True, "pretrain_base", run.corpus, run.work, run.budget(seconds), True, run.dry, overrides, name)
+    else:
+        ours = in_side(True, "pretrain_ours", run.corpus, run.work, run.budget(45.0), None, (*overrides, *run.logging()), name)
+    return {"overrides": list(overrides), "compared_with": compared_with, "ours": ours}
+
+
+def ratio(a: float | None, b: float | None) -> float | None:
+    return a / b if a and b else None
+
+
+def variant_ratios(report: dict) -> None:
+    """Each variant's speed over its section's at the default (where both ran in this report)."""
+    for name, (kind, _, compared_with) in VARIANTS.items():
+        variant, base = report.get(name), report.get(compared_with)
+        if not variant or "ours" not in variant or not base or "error" in base:
+            continue
+        base = base["bf16"] if kind == "pretrain_base" else base["ours"]
+        variant["ratio"] = {key: ratio(variant["ours"].get(key), base.get(key)) for key in SPEED_KEYS[kind]}
+
+
+# name: (the function, expected seconds on an H100/H200). The expected seconds are rough guesses used
+# only to skip what would not end before --deadline; each section's measured seconds are reported.
+GPU_SECTIONS = {
+    "finetune": (finetune_section, 100),
+    "pretrain_tiny": (pretrain_tiny_section, 150),
+    "pretrain_base": (pretrain_base_section, 100),
+    "nccl_launch": (nccl_section, 50),
+    **{name: (lambda run, name=name: variant_section(run, name), 120 if "compiled" in name else 60) for name in VARIANTS},
+}
+MAIN_SECTIONS = ("finetune", "pretrain_tiny", "pretrain_base", "nccl_launch")
+
+
+def section_names(chosen: str) -> list[str]:
+    """--sections: main (the comparisons with the peers), variants, all, or names separated by commas."""
+    groups = {"main": list(MAIN_SECTIONS), "variants": list(VARIANTS), "all": list(GPU_SECTIONS)}
+    names = [n for part in chosen.split(",") for n in groups.get(part.strip(), [part.strip()])]
+    unknown = [n for n in names if n not in GPU_SECTIONS]
+    if unknown:
+        sys.exit(f"error: --sections {','.join(unknown)}: no such section; choose from main, variants, all, "
+                 + ", ".join(GPU_SECTIONS))
+    return names
+
+
+def preflight(model: str) -> None:
+    """Before a GPU's time is spent, in seconds: every package the sections import, the metric
+    modules, MiniLM's folder. One line naming what is missing."""
+    import numpy as np
+
+    try:
+        import datasets  # noqa: F401
+
+        import bigmodel_cli.cli  # noqa: F401  (typer, rich: the torchrun launch runs the command)
+        from bigmodel_cli.classification.metrics import task_metrics
+        from bigmodel_cli.commands import pretrain  # noqa: F401  (pydantic, tokenizers)
+
+        task_metrics(("accuracy", "f1"), np.array([0, 1]), np.array([0, 1]))  # evaluate, scikit-learn
+    except ModuleNotFoundError as e:
+        sys.exit(f"error: Python package {e.name} is missing; install it (on a GPU machine of ours: "
+                 "source .gpu-payload/unpack.sh first)")
+    from bigmodel_cli.models import resolve_model_path
+
+    if not Path(resolve_model_path(model)).is_dir():
+        sys.exit(f"error: MiniLM not found as {model}: pip install 'bigmodel[minilm]', or pass --model DIR "
+                 "(BIGMODEL_MINILM=DIR)")
+
+
+def gpu_report(opts, device: str) -> dict:
+    """A new report, or with --keep the one in --out from this same device, whose sections are kept."""
+    import transformers
+
+    if opts.keep and opts.out.is_file():
+        kept = json.loads(opts.out.read_text())
+        if kept.get("machine", {}).get("device") == device and kept.get("mode") == ("gpu-dry-run" if opts.dry_run else "gpu"):
+            return kept
+        print(f"--keep: {opts.out} is from another device or mode; starting anew", file=sys.stderr)
+    return {"mode": "gpu-dry-run" if opts.dry_run else "gpu",
+            "machine": {"device": device, "torch": torch.__version__, "cuda": torch.version.cuda,
+                        "transformers": transformers.__version__}}
+
+
+def gpu_sections(opts, mrpc: Path, corpus: Path, work: Path, save) -> dict:
+    """`make bench-gpu`: the chosen sections in order, each side in its own process, one after the
+    other, on one GPU; a section that fails is recorded and the next one runs."""
+    import traceback
+
+    on_gpu = torch.cuda.is_available()
+    report = gpu_report(opts, torch.cuda.get_device_name() if on_gpu else "cpu (dry run)")
+    size = 4096 if on_gpu else 512
+    report.setdefault("gemm_peak_flops", {"fp32": gemm_peak(torch.float32, size, 2.0, "cuda" if on_gpu else "cpu"),
+                                          "bf16": gemm_peak(torch.bfloat16, size, 2.0, "cuda" if on_gpu else "cpu")})
+    run, start = GpuRun(mrpc, corpus, work, opts.model, opts.dry_run), time.perf_counter()
+    report["skipped"] = []
+    for name in section_names(opts.sections):
+        function, expected = GPU_SECTIONS[name]
+        if opts.keep and name in report and "error" not in report[name]:
+            continue
+        if opts.deadline and time.perf_counter() - start + expected > opts.deadline:
+            report["skipped"].append(name)
+            continue
+        began = time.perf_counter()
+        print(f"bench-gpu: {name} ...", file=sys.stderr, flush=True)
+        try:
+            report[name] = function(run)
+        except Exception as e:  # noqa: BLE001  (the GPU's minutes are scarce: record it, run the next)
+            report[name] = {"error": f"{type(e).__name__}: {e}", "traceback": traceback.format_exc()[-3000:]}
+        report[name]["seconds"] = round(time.perf_counter() - began, 1)
+        variant_ratios(report)
+        save(report)
+    report["seconds"] = round(time.perf_counter() - start, 1)
+    save(report)
+    return report
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--data", type=Path, default=Path("../shared/data"))
+    parser.add_argument("--data", type=Path, default=Path(os.environ.get("BIGMODEL_DATA", "../shared/data")),
+                        help="the folder with glue/mrpc and wikitext-2; default $BIGMODEL_DATA or ../shared/data")
     parser.add_argument("--out", type=Path, default=Path("bench-results/bench.json"))
     parser.add_argument("--quick", action="store_true", help="a few minutes: 60 s budgets, 40 fine-tuning steps")
     parser.add_argument("--only", choices=["finetune", "pretrain", "eval"], default=None,
                         help="eval: fine-tuning's evaluation speed alone, on models trained one step (minutes)")
     parser.add_argument("--gpu", action="store_true", help="one GPU: finetune, BERT-tiny and BERT-base pretraining "
-                        "(fp32 and bf16, MFU), a one-process NCCL launch; under 8 minutes")
+                        "(fp32 and bf16, MFU), a one-process NCCL launch (under 8 minutes); and variants")
     parser.add_argument("--dry-run", action="store_true", help="with --gpu: the same sections on any device, seconds "
                         "each, to check the script before a GPU's time is spent")
+    parser.add_argument("--sections", default="main", help="with --gpu: main (against the peers), variants (ours with "
+                        "bf16, torch.compile, no loader workers, host masks, no buckets), all, or names, comma-separated")
+    parser.add_argument("--deadline", type=float, default=None, help="with --gpu: seconds; skip a section that is "
+                        "expected to end after it (the results so far are in --out after every section)")
+    parser.add_argument("--keep", action="store_true", help="with --gpu: keep the sections already in --out (same "
+                        "device) and run the others")
+    parser.add_argument("--model", default=os.environ.get("BIGMODEL_MINILM", MINILM),
+                        help="MiniLM: its hub id (from the bigmodel[minilm] package) or a folder; default $BIGMODEL_MINILM")
     opts = parser.parse_args()
     if opts.gpu and not opts.dry_run and not torch.cuda.is_available():
         sys.exit("error: --gpu needs a CUDA GPU (add --dry-run to check the script on this machine)")
@@ -400,13 +599,13 @@ def main() -> None:
     work = Path(tempfile.mkdtemp(prefix="bigmodel-bench-"))
     opts.out.parent.mkdir(parents=True, exist_ok=True)
 
-    def save() -> None:  # after each section, so a long run that breaks keeps what it measured
-        opts.out.write_text(json.dumps(report, indent=2) + "\n")
+    def save(written: dict | None = None) -> None:  # after each section: a long run that breaks keeps what it measured
+        opts.out.write_text(json.dumps(written if written is not None else report, indent=2) + "\n")
 
     if opts.gpu:
-        report = {"mode": "gpu-dry-run" if opts.dry_run else "gpu"}
-        gpu_sections(opts, mrpc, corpus, work, report, save)
-        print(json.dumps(report, indent=2))
+        section_names(opts.sections)  # a typo fails now, not after minutes
+        preflight(opts.model)
+        print(json.dumps(gpu_sections(opts, mrpc, corpus, work, save), indent=2))
         return
     report: dict = {"machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                                 "torch": torch.__version__},
