@@ -435,14 +435,15 @@ def nccl_section(run: GpuRun) -> dict:
 
 
 # Ours alone with one setting changed, against the section that ran it at its default: whether bf16
-# pays for fine-tuning, whether torch.compile pays, whether loader workers, device-side masks and
-# bucketed batches pay. name: (what runs, the overrides, the section compared with)
+# pays for fine-tuning, whether torch.compile pays, whether loader workers (BERT-base has two, BERT-tiny
+# none), device-side masks and bucketed batches pay. name: (what runs, the overrides, the section compared with)
 VARIANTS = {
     "finetune_bf16": ("finetune", ("training.bf16=true",), "finetune"),
     "pretrain_base_compiled": ("pretrain_base", ("training.torch_compile=true",), "pretrain_base"),
     "finetune_compiled": ("finetune", ("training.torch_compile=true",), "finetune"),
     "pretrain_base_no_workers": ("pretrain_base", ("training.dataloader_num_workers=0",), "pretrain_base"),
     "pretrain_tiny_host_masks": ("pretrain_tiny", ("data.mask_on_device=false",), "pretrain_tiny"),
+    "pretrain_tiny_workers": ("pretrain_tiny", ("training.dataloader_num_workers=2",), "pretrain_tiny"),
     "finetune_unbucketed": ("finetune", ("data.pad_to_buckets=false",), "finetune"),
 }
 SPEED_KEYS = {"finetune": ("train_samples_per_second", "train_samples_per_second_steady"),

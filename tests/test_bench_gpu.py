@@ -89,6 +89,6 @@ def test_the_steady_speed_leaves_out_the_first_window(tmp_path):
 def test_sections_are_named_by_group_or_name_and_a_typo_is_an_error(capsys):
     assert bench.section_names("main") == ["finetune", "pretrain_tiny", "pretrain_base", "nccl_launch"]
     assert bench.section_names("finetune_bf16,nccl_launch") == ["finetune_bf16", "nccl_launch"]
-    assert len(bench.section_names("all")) == len(bench.GPU_SECTIONS) == 10
+    assert len(bench.section_names("all")) == len(bench.GPU_SECTIONS) == 11
     with pytest.raises(SystemExit, match="--sections finetune_bf17: no such section"):
         bench.section_names("main,finetune_bf17")

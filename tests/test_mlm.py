@@ -70,6 +70,36 @@ def test_masks_depend_on_seed_epoch_and_example_only():
     assert 0 < (labels != -100).sum() < len(A)
 
 
+def row_by_row(rows: list[dict], pad_id: int) -> tuple[torch.Tensor, ...]:
+    """The collator's layout as it was first written, one row at a time: the reference."""
+    batch, width = len(rows), max(len(r["input_ids"]) for r in rows)
+    input_ids = torch.full((batch, width), pad_id, dtype=torch.long)
+    positions, segment, example_ids = (torch.zeros((batch, width), dtype=torch.long) for _ in range(3))
+    for b, r in enumerate(rows):
+        lengths, n = torch.tensor(r["lengths"], dtype=torch.long), sum(r["lengths"])
+        input_ids[b, :n] = torch.tensor(r["input_ids"][:n], dtype=torch.long)
+        line = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
+        positions[b, :n] = torch.arange(n) - (torch.cumsum(lengths, 0) - lengths)[line]
+        segment[b, :n] = line + 1
+        example_ids[b, :n] = torch.tensor(r["example_ids"], dtype=torch.long)[line]
+    return input_ids, positions, segment, example_ids
+
+
+def test_the_batch_is_laid_out_at_once_as_row_by_row():
+    """Packed rows of one to five lines and of other widths, single-line rows, a row with tokens past
+    its lines: the same ids, offsets, line numbers and example ids as the row-by-row reference."""
+    generator = torch.Generator().manual_seed(0)
+    rows = []
+    for i in range(40):
+        lengths = torch.randint(1, 30, (int(torch.randint(1, 6, (1,), generator=generator)),), generator=generator).tolist()
+        ids = torch.randint(5, 100, (sum(lengths) + (3 if i == 7 else 0),), generator=generator).tolist()
+        rows.append({"input_ids": ids, "lengths": lengths, "example_ids": [1000 * i + k for k in range(len(lengths))]})
+    collator = MLMCollator(FakeTokenizer(), 0.3, seed=1)
+    for batch in (rows, rows[:1], rows[5:9], [row([A], [7]), row([B], [8])]):
+        for got, want in zip(collator.lay_out(batch), row_by_row(batch, FakeTokenizer.pad_token_id)):
+            assert torch.equal(got, want)
+
+
 def sparse_and_full(training: bool):
     """The sparse-head model and a stock `BertForMaskedLM` with its weights, dropout off."""
     torch.manual_seed(0)

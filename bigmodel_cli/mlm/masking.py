@@ -14,6 +14,7 @@ host): the collator runs it on the CPU, or leaves it to the trainer to run on th
 from __future__ import annotations
 
 import math
+from itertools import chain
 
 import torch
 from transformers import TrainerCallback
@@ -167,21 +168,7 @@ class MLMCollator:
                           at_least_one)
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
-        width = max(len(r["input_ids"]) for r in rows)
-        batch = len(rows)
-        input_ids = torch.full((batch, width), self.pad_id, dtype=torch.long)
-        positions = torch.zeros((batch, width), dtype=torch.long)
-        segment = torch.zeros((batch, width), dtype=torch.long)  # 0 = padding, k = k-th line
-        example_ids = torch.zeros((batch, width), dtype=torch.long)
-        for b, row in enumerate(rows):
-            lengths = torch.tensor(row["lengths"], dtype=torch.long)
-            n = sum(row["lengths"])
-            input_ids[b, :n] = torch.tensor(row["input_ids"][:n], dtype=torch.long)
-            line = torch.repeat_interleave(torch.arange(len(lengths)), lengths)
-            starts = torch.cumsum(lengths, 0) - lengths
-            positions[b, :n] = torch.arange(n) - starts[line]
-            segment[b, :n] = line + 1
-            example_ids[b, :n] = torch.tensor(row["example_ids"], dtype=torch.long)[line]
+        input_ids, positions, segment, example_ids = self.lay_out(rows)
         out = {"input_ids": input_ids}
         if self.on_device:
             out["mask_example_ids"], out["mask_offsets"] = example_ids, positions
@@ -195,9 +182,33 @@ class MLMCollator:
             out["attention_mask"] = (segment > 0).long()
         else:  # (batch, 1, query, key): a token attends to the tokens of its own line only
             same = (segment[:, :, None] == segment[:, None, :]) & (segment[:, None, :] > 0)
-            same |= torch.eye(width, dtype=torch.bool)  # padding rows attend to themselves (no NaN)
+            same |= torch.eye(input_ids.shape[1], dtype=torch.bool)  # padding rows attend to themselves (no NaN)
             out["attention_mask"] = same[:, None]
         return out
+
+
+    def lay_out(self, rows: list[dict]) -> tuple[torch.Tensor, ...]:
+        """(input ids, each token's offset in its line, its line's number in the row (0: padding),
+        its line's example id), each (batch, width): the whole batch in a few tensor operations, not
+        a loop over rows (the collator runs on the host before every step, and a GPU waits for it)."""
+        batch, width = len(rows), max(len(r["input_ids"]) for r in rows)
+        counts = [sum(r["lengths"]) for r in rows]  # real tokens per row
+        lengths = torch.tensor([n for r in rows for n in r["lengths"]], dtype=torch.long)  # every line, row by row
+        lines = torch.tensor([len(r["lengths"]) for r in rows], dtype=torch.long)
+        tokens = torch.tensor(list(chain.from_iterable(r["input_ids"][:n] for r, n in zip(rows, counts))), dtype=torch.long)
+        line_examples = torch.tensor([e for r in rows for e in r["example_ids"][:len(r["lengths"])]], dtype=torch.long)
+        counts = torch.tensor(counts, dtype=torch.long)
+        line = torch.repeat_interleave(torch.arange(len(lengths)), lengths)  # each token's line, over the batch
+        row = torch.repeat_interleave(torch.arange(batch), counts)  # each token's row
+        flat = torch.arange(len(tokens))
+        column = flat - (torch.cumsum(counts, 0) - counts)[row]
+        laid_out = [torch.full((batch, width), self.pad_id, dtype=torch.long),
+                    *(torch.zeros((batch, width), dtype=torch.long) for _ in range(3))]
+        values = (tokens, flat - (torch.cumsum(lengths, 0) - lengths)[line], line - (torch.cumsum(lines, 0) - lines)[row] + 1,
+                  line_examples[line])
+        for tensor, value in zip(laid_out, values):
+            tensor[row, column] = value
+        return tuple(laid_out)
 
 
 class DeviceMasks:
