@@ -570,6 +570,52 @@ def gpu_sections(opts, mrpc: Path, corpus: Path, work: Path, save) -> dict:
     return report
 
 
+def _figure(x) -> str:
+    return "-" if x is None else f"{x:,.0f}" if abs(x) >= 1000 else f"{x:.3g}"
+
+
+def _times(x) -> str:
+    return "-" if x is None else f"{x:.3g}x"
+
+
+def summary_line(name: str, section: dict) -> str:
+    f, times = _figure, _times
+    if "error" in section:
+        return f"{name}: FAILED {section['error'][:150]}"
+    if name == "finetune":
+        o, p, r = section["ours"], section["peer"], section["ratio"]
+        return (f"finetune: train {f(o['train_samples_per_second'])} vs {f(p['train_samples_per_second'])} ex/s "
+                f"({times(r['train_samples_per_second'])}), eval {times(r['eval_samples_per_second'])}; dev acc/F1 "
+                f"{f(o['eval_accuracy'])}/{f(o['eval_f1'])} vs {f(p['eval_accuracy'])}/{f(p['eval_f1'])}")
+    if name == "pretrain_tiny":
+        o, p, r = section["ours"], section["peer"], section["ratio"]
+        return (f"pretrain_tiny: {f(o['train_tokens_per_second'])} vs {f(p['train_tokens_per_second'])} tokens/s "
+                f"({times(r['train_tokens_per_second'])}); perplexity {f(o['perplexity'])} vs {f(p['perplexity'])}")
+    if name == "pretrain_base":
+        cells = [f"{k} {f(section[k]['train_tokens_per_second'])} tokens/s (steady {f(section[k]['train_tokens_per_second_steady'])}, "
+                 f"MFU {f(section[k].get('model_flops_utilization'))}, steady {f(section[k]['model_flops_utilization_steady'])})"
+                 for k in ("fp32", "bf16")]
+        return (f"pretrain_base: {'; '.join(cells)}; bf16/fp32 {times(section['bf16_over_fp32'])} "
+                f"(steady {times(section['bf16_over_fp32_steady'])})")
+    if name == "nccl_launch":
+        return f"nccl_launch: exit {section['returncode']} ({section['backend']}), perplexity {f(section['perplexity'])}"
+    return f"{name}: " + ", ".join(f"{k} {times(v)}" for k, v in section["ratio"].items())
+
+
+def gpu_summary(report: dict) -> str:
+    """A short table of what decides issue 16's targets, printed last: a device call's reply carries
+    the end of the output (the JSON holds everything)."""
+    lines = [f"bench-gpu on {report['machine']['device']} ({report.get('seconds', '?')} s; skipped: "
+             f"{', '.join(report.get('skipped', [])) or 'none'})"]
+    for name, section in report.items():
+        if isinstance(section, dict) and "seconds" in section:
+            try:
+                lines.append(summary_line(name, section))
+            except (KeyError, TypeError):  # a section without its usual figures: they are in the JSON
+                lines.append(f"{name}: see the JSON")
+    return "\n".join(lines)
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--data", type=Path, default=Path(os.environ.get("BIGMODEL_DATA", "../shared/data")),
@@ -606,7 +652,9 @@ def main() -> None:
     if opts.gpu:
         section_names(opts.sections)  # a typo fails now, not after minutes
         preflight(opts.model)
-        print(json.dumps(gpu_sections(opts, mrpc, corpus, work, save), indent=2))
+        report = gpu_sections(opts, mrpc, corpus, work, save)
+        print(json.dumps(report, indent=2))
+        print(gpu_summary(report))
         return
     report: dict = {"machine": {"cpu": platform.processor() or platform.machine(), "threads": torch.get_num_threads(),
                                 "torch": torch.__version__},

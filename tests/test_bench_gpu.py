@@ -50,6 +50,8 @@ def test_a_gpu_run_skips_what_would_end_past_its_deadline_and_goes_on_after_a_fa
     assert "RuntimeError: boom" in report["finetune"]["error"] and "boom" in report["finetune"]["traceback"]
     assert report["pretrain_base"]["ours"] and "seconds" in report["nccl_launch"]
     assert len(saved) == 4 and json.loads(saved[-1]) == report  # written after every section and at the end
+    summary = bench.gpu_summary(report).splitlines()  # printed last, for a device call's reply
+    assert "skipped: pretrain_tiny" in summary[0] and "finetune: FAILED RuntimeError: boom" in summary
 
 
 def test_keep_runs_only_the_sections_missing_or_failed_in_the_earlier_report(tmp_path, sections):
