@@ -186,18 +186,17 @@ class MLMCollator:
             out["attention_mask"] = same[:, None]
         return out
 
-
     def lay_out(self, rows: list[dict]) -> tuple[torch.Tensor, ...]:
         """(input ids, each token's offset in its line, its line's number in the row (0: padding),
         its line's example id), each (batch, width): the whole batch in a few tensor operations, not
         a loop over rows (the collator runs on the host before every step, and a GPU waits for it)."""
         batch, width = len(rows), max(len(r["input_ids"]) for r in rows)
-        counts = [sum(r["lengths"]) for r in rows]  # real tokens per row
+        real = [sum(r["lengths"]) for r in rows]  # real tokens per row
+        tokens = torch.tensor(list(chain.from_iterable(r["input_ids"][:n] for r, n in zip(rows, real))), dtype=torch.long)
+        counts = torch.tensor(real, dtype=torch.long)
         lengths = torch.tensor([n for r in rows for n in r["lengths"]], dtype=torch.long)  # every line, row by row
         lines = torch.tensor([len(r["lengths"]) for r in rows], dtype=torch.long)
-        tokens = torch.tensor(list(chain.from_iterable(r["input_ids"][:n] for r, n in zip(rows, counts))), dtype=torch.long)
         line_examples = torch.tensor([e for r in rows for e in r["example_ids"][:len(r["lengths"])]], dtype=torch.long)
-        counts = torch.tensor(counts, dtype=torch.long)
         line = torch.repeat_interleave(torch.arange(len(lengths)), lengths)  # each token's line, over the batch
         row = torch.repeat_interleave(torch.arange(batch), counts)  # each token's row
         flat = torch.arange(len(tokens))
