@@ -18,6 +18,7 @@ def test_report_plots_the_logged_values_and_compares_runs(finetuned, pretrained,
                  f"confusion_matrix_{finetuned.name}.png"):
         data = (out / name).read_bytes()
         assert data.startswith(PNG) and len(data) > 5000, name  # a real picture, not an empty canvas
+    assert not (out / "eval_masked_tokens.png").exists()  # a count of the held-out set, not a metric to plot
     text = (out / "report.md").read_text()
     metrics = json.loads((finetuned / "metrics.json").read_text())
     assert f"{metrics['eval_f1']:.4f}" in text and finetuned.name in text and pretrained.name in text

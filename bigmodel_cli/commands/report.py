@@ -75,7 +75,7 @@ def run(run_dirs: list[Path], output: Path) -> list[Path]:
     output.mkdir(parents=True, exist_ok=True)
     written = []
     eval_keys = sorted({k for r in runs for e in r["history"] for k in e
-                        if k.startswith("eval_") and not k.endswith(("runtime", "per_second"))})
+                        if k.startswith("eval_") and not k.endswith(("runtime", "per_second", "masked_tokens"))})
     plots = [("loss", "training loss", "training_loss.png", "loss"),
              ("learning_rate", "learning rate", "learning_rate.png", "learning rate"),
              ("tokens_per_second", "training speed (since the log before)", "training_speed.png", "real tokens/s"),
