@@ -91,6 +91,15 @@ def masked_slots(labels: torch.Tensor, probability: float) -> torch.Tensor:
     return torch.argsort((~flat).to(torch.int8), stable=True)[:slots]
 
 
+def line_attention(segment: torch.Tensor) -> torch.Tensor:
+    """The attention mask of packed rows from each token's line number in its row (0: padding),
+    (batch, 1, query, key): a token attends to the tokens of its own line only, and padding to
+    itself (no row without a key, no NaN). Built where `segment` is."""
+    same = (segment[:, :, None] == segment[:, None, :]) & (segment[:, None, :] > 0)
+    same |= torch.eye(segment.shape[1], dtype=torch.bool, device=segment.device)
+    return same[:, None]
+
+
 def word_start_table(tokenizer) -> torch.Tensor:
     """For whole-word masking: per token id, whether the token begins a word. WordPiece marks the
     pieces that continue a word (`##`); byte-level BPE marks the tokens that begin one (`Ġ`, a space
@@ -128,7 +137,8 @@ class MLMCollator:
     in the same epoch is masked the same way whatever the batch, worker or restart. With `whole_words`,
     a word's pieces are chosen together (by the draw of its first piece); the 80/10/10 replacement
     then goes piece by piece, as in BERT's own whole-word masking. With `on_device`, the batch leaves
-    unmasked, with the example id of every token, and `DeviceMasks` draws the same masks on the GPU.
+    unmasked, with the example id of every token (and packed rows with their line numbers instead of
+    their attention mask), and `DeviceMasks` draws the same masks, and builds that mask, on the GPU.
     """
 
     def __init__(self, tokenizer, mlm_probability: float = 0.15, seed: int = 42, stream: str = "masks",
@@ -180,10 +190,10 @@ class MLMCollator:
             out["position_ids"] = positions
         if all(len(r["lengths"]) == 1 for r in rows):
             out["attention_mask"] = (segment > 0).long()
-        else:  # (batch, 1, query, key): a token attends to the tokens of its own line only
-            same = (segment[:, :, None] == segment[:, None, :]) & (segment[:, None, :] > 0)
-            same |= torch.eye(input_ids.shape[1], dtype=torch.bool)  # padding rows attend to themselves (no NaN)
-            out["attention_mask"] = same[:, None]
+        elif self.on_device:  # 64 x 128 row numbers travel instead of a 64 x 128 x 128 mask built on the host
+            out["mask_segments"] = segment
+        else:
+            out["attention_mask"] = line_attention(segment)
         return out
 
     def lay_out(self, rows: list[dict]) -> tuple[torch.Tensor, ...]:
@@ -213,7 +223,8 @@ class MLMCollator:
 class DeviceMasks:
     """The masks of an `MLMCollator(on_device=True)` batch, drawn where the batch is (the GPU): the
     same bits the collator would draw on the host, and the masked positions in a fixed number of
-    slots (`masked_slots`), so no step waits for a count."""
+    slots (`masked_slots`), so no step waits for a count; and packed rows' attention mask, built
+    there from their line numbers (`line_attention`)."""
 
     def __init__(self, collator: MLMCollator):
         self.collator = collator
@@ -221,6 +232,8 @@ class DeviceMasks:
     def __call__(self, batch: dict) -> dict:
         batch = dict(batch)
         example_ids, offsets = batch.pop("mask_example_ids"), batch.pop("mask_offsets")
+        if "mask_segments" in batch:  # packed rows: their block-diagonal attention, built here too
+            batch["attention_mask"] = line_attention(batch.pop("mask_segments"))
         batch["input_ids"], batch["labels"] = self.collator.draw(batch["input_ids"], example_ids, offsets)
         if self.collator.positions:
             batch["masked_positions"] = masked_slots(batch["labels"], self.collator.mlm_probability)
