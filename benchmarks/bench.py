@@ -688,11 +688,7 @@ def main() -> None:
         tokenizer_dir = work / "ours-pretrain"  # the tokenizer ours trained: both sides share it
         with side_process(False) as side:
             peer = side.submit(_train, "pretrain_peer", corpus, work, budget, tokenizer_dir).result()
-        from bigmodel_cli.mlm.text import load_corpus
-        from bigmodel_cli.recipe import load_recipe
-
-        recipe, _ = load_recipe("pretrain", "pretrain/bert-tiny", overrides=[f"data.train_files=[{corpus}]"])
-        held = list(load_corpus(recipe)["validation"]["text"])
+        held = held_out_lines(corpus)
         ours["perplexity"] = held_out_perplexity(work / "ours-pretrain", held, work)
         peer["perplexity"] = held_out_perplexity(work / "peer-pretrain", held, work)
         config = json.loads((work / "ours-pretrain" / "config.json").read_text())

@@ -56,6 +56,13 @@ def peak_flops(device_name: str | None) -> float | None:
     return None
 
 
+def this_gpu() -> str | None:
+    """The name of the GPU this process trains on (what `peak_flops` looks up); None on a CPU."""
+    import torch
+
+    return torch.cuda.get_device_name() if torch.cuda.is_available() else None
+
+
 def utilization(config, seq_length: int, real_tokens: float, masked_tokens: float, seconds: float,
                 device_name: str | None) -> dict[str, float]:
     """`train_model_flops_per_second` always; `model_flops_utilization` where the peak is known."""

@@ -118,13 +118,10 @@ def run(recipe: PretrainRecipe, run_dir: Path, resume_from: Path | None = None, 
 def flop_utilization(config, seq_length: int, metrics: dict) -> dict:
     """The stock model's FLOP/s over the training steps and, on a GPU of known peak, its MFU
     (`bigmodel_cli/mfu.py` states the formula)."""
-    import torch
+    from bigmodel_cli.mfu import this_gpu, utilization
 
-    from bigmodel_cli.mfu import utilization
-
-    device = torch.cuda.get_device_name() if torch.cuda.is_available() else None
     return utilization(config, seq_length, metrics["train_real_tokens"], metrics["train_masked_tokens"],
-                       metrics["train_step_seconds"], device)
+                       metrics["train_step_seconds"], this_gpu())
 
 
 def save(model, tokenizer, run_dir: Path, metrics: dict, recipe: PretrainRecipe) -> None:

@@ -54,14 +54,11 @@ class MLMTrainer(CountingTrainer):
     def window_figures(self, tokens: float, masked: float, seconds: float) -> dict[str, float]:
         """A training log's model FLOP utilisation over its window, on a GPU of known peak (the
         formula in `bigmodel_cli/mfu.py`, as the run's closing figure)."""
-        import torch
-
-        from bigmodel_cli.mfu import utilization
+        from bigmodel_cli.mfu import this_gpu, utilization
 
         if self.seq_length is None:
             return {}
-        device = torch.cuda.get_device_name() if torch.cuda.is_available() else None
-        figures = utilization(self.model.config, self.seq_length, tokens, masked, seconds, device)
+        figures = utilization(self.model.config, self.seq_length, tokens, masked, seconds, this_gpu())
         return {"model_flops_utilization": round(figures["model_flops_utilization"], 4)} \
             if "model_flops_utilization" in figures else {}
 

@@ -84,7 +84,7 @@ class CountingTrainer(AtomicCheckpoints, SeededSampling, Trainer):
             logs["tokens_per_second"] = round(window[0] / seconds, 1)
             logs["examples_per_second"] = round(window[1] / seconds, 2)
             logs.update(self.window_figures(window[0], window[2], seconds))
-            self.window = (time.perf_counter(), tokens, examples, masked, self.aside_seconds)
+            self.window = (now, tokens, examples, masked, self.aside_seconds)  # windows end to end
         super().log(logs, start_time)
 
     def window_figures(self, tokens: float, masked: float, seconds: float) -> dict[str, float]:
