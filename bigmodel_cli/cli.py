@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 
 from bigmodel_cli.errors import BigmodelError, write_failure
-from bigmodel_cli.processes import leave_process_group
+from bigmodel_cli.processes import exit_process
 
 app = typer.Typer(
     name="bigmodel",
@@ -225,18 +225,19 @@ def main() -> None:
     argv = [a for a in argv if a != "--debug"]
     try:
         result = app(args=argv, prog_name="bigmodel", standalone_mode=False)
+        code = result if isinstance(result, int) else 0
     except BigmodelError as e:
         if debug:
             raise
         print(f"error: {e}", file=sys.stderr)
-        sys.exit(e.exit_code)
+        code = e.exit_code
     except usage_errors as e:  # a wrong flag or a missing option: usage and the fix, exit 2
         e.show()
-        sys.exit(e.exit_code)
+        code = e.exit_code
     except (click.exceptions.Abort, typer.Abort, KeyboardInterrupt):
-        result = 130
+        code = 130
     except (click.exceptions.Exit, typer.Exit) as e:
-        sys.exit(e.exit_code)
+        code = e.exit_code
     except Exception as e:  # a bug or an unforeseen failure: one line, the traceback on request
         if debug:
             raise
@@ -245,14 +246,14 @@ def main() -> None:
             where = f" {e.filename}" if getattr(e, "filename", None) else ""
             print(f"error: cannot write{where}: {reason}; free space or fix permissions, then run the same command "
                   "again (an unfinished run resumes from its last complete checkpoint)", file=sys.stderr)
-            sys.exit(2)
-        print(f"error: {type(e).__name__}: {e} (run again with --debug for the traceback)", file=sys.stderr)
-        sys.exit(1)
-    leave_process_group()
-    if result == 130:  # Ctrl-C twice (once finishes the step and saves); typer returns 130 for it, silently
+            code = 2
+        else:
+            print(f"error: {type(e).__name__}: {e} (run again with --debug for the traceback)", file=sys.stderr)
+            code = 1
+    if code == 130:  # Ctrl-C twice (once finishes the step and saves); typer returns 130 for it, silently
         print("interrupted: a training run resumes from its last complete checkpoint when the same command "
               "runs again", file=sys.stderr)
-    sys.exit(result if isinstance(result, int) else 0)
+    exit_process(code)
 
 
 if __name__ == "__main__":

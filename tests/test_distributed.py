@@ -183,17 +183,26 @@ def test_launch_without_a_command_says_what_to_do():
 
 
 @pytest.mark.unit
-def test_a_finished_command_leaves_its_process_group_before_exit():
-    """A gloo group still alive at interpreter shutdown can abort a finished run (exit -6, seen in CI)."""
+@pytest.mark.parametrize(("argv", "code"), [(["recipes", "list"], 0), (["recipes", "show", "no-such"], 2)])
+def test_a_launched_command_leaves_its_process_group_and_skips_finalization(argv, code):
+    """A launched process ends with its command's exit code, out of its group, its exit handlers run,
+    and without the interpreter's finalization: DDP keeps the group's C++ threads alive past
+    destroy_process_group, and finalizing them aborted finished runs (exit -6, seen twice in CI)."""
     script = (
-        "import atexit, sys, torch.distributed as dist\n"
+        "import atexit, sys, torch, torch.distributed as dist\n"
         f"dist.init_process_group('gloo', init_method='tcp://127.0.0.1:{free_port()}', rank=0, world_size=1)\n"
+        "ddp = torch.nn.parallel.DistributedDataParallel(torch.nn.Linear(2, 2))  # its reducer holds the group\n"
+        "class Sentinel:\n"
+        "    def __del__(self): print('finalized', flush=True)\n"
+        "sentinel = Sentinel()\n"
         "atexit.register(lambda: print('still in a group:', dist.is_initialized()))\n"
-        "sys.argv = ['bigmodel', 'recipes', 'list']\n"
+        f"sys.argv = ['bigmodel', *{argv!r}]\n"
         "from bigmodel_cli.cli import main\n"
         "main()\n"
     )
     result = subprocess.run([sys.executable, "-c", script], cwd=ROOT, capture_output=True, text=True, timeout=120)
-    assert result.returncode == 0, result.stderr[-2000:]
-    assert "pretrain/tiny-debug" in result.stdout
+    assert result.returncode == code, result.stderr[-2000:]
+    assert ("pretrain/tiny-debug" in result.stdout) == (code == 0)
+    assert ("error: recipe 'no-such' not found" in result.stderr) == (code == 2)
     assert result.stdout.strip().endswith("still in a group: False")
+    assert "finalized" not in result.stdout
