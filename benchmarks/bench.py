@@ -407,17 +407,21 @@ def held_out_lines(corpus: Path) -> list[str]:
     return list(load_corpus(recipe)["validation"]["text"])
 
 
-def pretrain_tiny_section(run: GpuRun) -> dict:
-    """BERT-tiny on WikiText-2, ours against run_mlm.py --line_by_line, the same seconds each, one tokenizer."""
-    budget = run.budget(45.0)
-    ours = in_side(True, "pretrain_ours", run.corpus, run.work, budget, None, run.logging())
-    peer = in_side(False, "pretrain_peer", run.corpus, run.work, budget, run.work / "ours-pretrain")
-    held = held_out_lines(run.corpus)
-    ours["perplexity"] = held_out_perplexity(run.work / "ours-pretrain", held, run.work)
-    peer["perplexity"] = held_out_perplexity(run.work / "peer-pretrain", held, run.work)
+def pretrain_comparison(corpus: Path, work: Path, budget: float, logging: tuple[str, ...] = ()) -> dict:
+    """BERT-tiny on WikiText-2, ours against run_mlm.py --line_by_line, the same seconds each, each side in
+    its own process, one tokenizer (ours trains it, the peer reads it): speed and held-out perplexity."""
+    ours = in_side(True, "pretrain_ours", corpus, work, budget, None, logging)
+    peer = in_side(False, "pretrain_peer", corpus, work, budget, work / "ours-pretrain")
+    held = held_out_lines(corpus)
+    ours["perplexity"] = held_out_perplexity(work / "ours-pretrain", held, work)
+    peer["perplexity"] = held_out_perplexity(work / "peer-pretrain", held, work)
     return {"budget_seconds": budget, "peer": peer, "ours": ours, "ratio": {
         "train_tokens_per_second": ours["train_tokens_per_second"] / peer["train_tokens_per_second"],
         "perplexity": ours["perplexity"] / peer["perplexity"]}}
+
+
+def pretrain_tiny_section(run: GpuRun) -> dict:
+    return pretrain_comparison(run.corpus, run.work, run.budget(45.0), run.logging())
 
 
 def pretrain_base_section(run: GpuRun) -> dict:
@@ -682,23 +686,13 @@ def main() -> None:
             "eval_samples_per_second_of_medians": ours["eval_samples_per_second"] / peer["eval_samples_per_second"]}}
         save()
     if opts.only in (None, "pretrain"):
-        budget = 60.0 if opts.quick else 600.0
-        with side_process(True) as side:
-            ours = side.submit(_train, "pretrain_ours", corpus, work, budget, None).result()
-        tokenizer_dir = work / "ours-pretrain"  # the tokenizer ours trained: both sides share it
-        with side_process(False) as side:
-            peer = side.submit(_train, "pretrain_peer", corpus, work, budget, tokenizer_dir).result()
-        held = held_out_lines(corpus)
-        ours["perplexity"] = held_out_perplexity(work / "ours-pretrain", held, work)
-        peer["perplexity"] = held_out_perplexity(work / "peer-pretrain", held, work)
+        report["pretrain"] = pretrain_comparison(corpus, work, 60.0 if opts.quick else 600.0)
+        ours, peer = report["pretrain"]["ours"], report["pretrain"]["peer"]
         config = json.loads((work / "ours-pretrain" / "config.json").read_text())
         per_token = useful_flops_per_token(ours["model_parameters"], config["vocab_size"], config["hidden_size"])
         for side in (ours, peer):
             side["achieved_flops"] = per_token * side["train_tokens_per_second"]
             side["fraction_of_fp32_peak"] = side["achieved_flops"] / report["gemm_peak_flops"]["fp32"]
-        report["pretrain"] = {"budget_seconds": budget, "peer": peer, "ours": ours, "ratio": {
-            "train_tokens_per_second": ours["train_tokens_per_second"] / peer["train_tokens_per_second"],
-            "perplexity": ours["perplexity"] / peer["perplexity"]}}
     save()
     print(json.dumps(report, indent=2))
 

@@ -136,6 +136,10 @@ class BertSection(Section):
         if self.fresh_head_learning_rate is not None:
             raise ValueError("model.fresh_head_learning_rate is for a continued checkpoint's fresh MLM head; a new model "
                              "trains at training.learning_rate: remove the key, or set model.name_or_path")
+        if self.fresh_head_warmup != type(self).model_fields["fresh_head_warmup"].default:  # a saved recipe holds the default
+            raise ValueError(f"model.fresh_head_warmup {self.fresh_head_warmup:g} is for a continued checkpoint's fresh MLM "
+                             "head; a new model trains every layer from the first step: remove the key, or set "
+                             "model.name_or_path")
         if self.type not in FAMILIES:
             raise ValueError(f"model.type {self.type}: a new model is one of {', '.join(FAMILIES)} (another family: "
                              "continue one of its checkpoints with model.name_or_path)")

@@ -90,12 +90,12 @@ def test_a_shape_key_the_checkpoint_contradicts_names_the_key(tmp_path, pretrain
     assert result.returncode == 2 and "model.num_hidden_layers 4 differs from" in result.stderr, result.stderr[-1500:]
 
 
-def test_a_fresh_head_learning_rate_on_a_new_model_names_the_key(tmp_path):
-    result = run_cli("pretrain", "-r", "pretrain/tiny-debug", "-q", "--set", "model.fresh_head_learning_rate=1e-3",
-                     "-o", tmp_path / "run")
+@pytest.mark.parametrize("setting", ["fresh_head_learning_rate=1e-3", "fresh_head_warmup=0.5"])
+def test_a_fresh_head_setting_on_a_new_model_names_the_key(tmp_path, setting):
+    result = run_cli("pretrain", "-r", "pretrain/tiny-debug", "-q", "--set", f"model.{setting}", "-o", tmp_path / "run")
     err = result.stderr.strip()
     assert result.returncode == 2 and "Traceback" not in err and len(err.splitlines()) == 1, err[-1500:]
-    assert "model.fresh_head_learning_rate" in err and "model.name_or_path" in err
+    assert f"model.{setting.split('=')[0]}" in err and "model.name_or_path" in err
     assert not (tmp_path / "run").exists()
 
 
