@@ -14,7 +14,7 @@ gemm: this CPU's matrix-multiply peak, to put achieved FLOP/s against.
 
 --gpu (`make bench-gpu`): the same comparisons on one GPU, BERT-base fp32 against bf16 with MFU, a
   one-process NCCL launch (--sections main), and ours with one setting changed (--sections variants:
-  bf16, torch.compile, loader workers, host masks, buckets). --dry-run: the same on any machine.
+  bf16, torch.compile, loader workers, host masks, buckets, evaluation batch 256). --dry-run: the same on any machine.
 
 Each side trains and evaluates in a process of its own, as its command would run: ours with the
 process settings `bigmodel`'s commands make (freed memory kept for reuse), the peer with Python's
@@ -440,7 +440,8 @@ def nccl_section(run: GpuRun) -> dict:
 
 # Ours alone with one setting changed, against the section that ran it at its default: whether bf16
 # pays for fine-tuning, whether torch.compile pays, whether loader workers (BERT-base has two, BERT-tiny
-# none), device-side masks and bucketed batches pay. name: (what runs, the overrides, the section compared with)
+# none), device-side masks and bucketed batches pay, whether evaluation wants larger batches on a GPU.
+# name: (what runs, the overrides, the section compared with)
 VARIANTS = {
     "finetune_bf16": ("finetune", ("training.bf16=true",), "finetune"),
     "pretrain_base_compiled": ("pretrain_base", ("training.torch_compile=true",), "pretrain_base"),
@@ -449,8 +450,10 @@ VARIANTS = {
     "pretrain_tiny_host_masks": ("pretrain_tiny", ("data.mask_on_device=false",), "pretrain_tiny"),
     "pretrain_tiny_workers": ("pretrain_tiny", ("training.dataloader_num_workers=2",), "pretrain_tiny"),
     "finetune_unbucketed": ("finetune", ("data.pad_to_buckets=false",), "finetune"),
+    "finetune_eval_batch_256": ("finetune_eval", ("training.per_device_eval_batch_size=256",), "finetune"),
 }
 SPEED_KEYS = {"finetune": ("train_samples_per_second", "train_samples_per_second_steady"),
+              "finetune_eval": ("eval_samples_per_second",),
               "pretrain_tiny": ("train_tokens_per_second", "train_tokens_per_second_steady"),
               "pretrain_base": ("train_tokens_per_second", "train_tokens_per_second_steady")}
 
@@ -459,6 +462,13 @@ def variant_section(run: GpuRun, name: str) -> dict:
     kind, overrides, compared_with = VARIANTS[name]
     if kind == "finetune":
         ours = in_side(True, "finetune_ours", run.mrpc, run.work, run.finetune_overrides(*overrides), name)
+    elif kind == "finetune_eval":  # evaluation alone (its speed does not depend on the weights): one training step
+        with side_process(True) as side:
+            side.submit(_train, "finetune_ours", run.mrpc, run.work,
+                        run.finetune_overrides(*overrides, "training.max_steps=1", "training.eval_strategy=no"), name).result()
+            side.submit(_evaluate_for, 0.0).result()  # warm-up, as in the finetune section's rounds
+            examples, seconds = side.submit(_evaluate_for, 1.0 if run.dry else 20.0).result()
+        ours = {"eval_samples_per_second": examples / seconds, "eval_seconds": seconds}
     elif kind == "pretrain_base":  # bf16, the recipe's precision; compiling gets time to pay back its compilation
         seconds = 60.0 if "training.torch_compile=true" in overrides else 30.0
         ours = in_side(True, "pretrain_base", run.corpus, run.work, run.budget(seconds), True, run.dry, overrides, name)
@@ -633,7 +643,7 @@ def main() -> None:
     parser.add_argument("--dry-run", action="store_true", help="with --gpu: the same sections on any device, seconds "
                         "each, to check the script before a GPU's time is spent")
     parser.add_argument("--sections", default="main", help="with --gpu: main (against the peers), variants (ours with "
-                        "bf16, torch.compile, no loader workers, host masks, no buckets), all, or names, comma-separated")
+                        "bf16, torch.compile, no loader workers, host masks, no buckets, eval batch 256), all, or names, comma-separated")
     parser.add_argument("--deadline", type=float, default=None, help="with --gpu: seconds; skip a section that is "
                         "expected to end after it (the results so far are in --out after every section)")
     parser.add_argument("--keep", action="store_true", help="with --gpu: keep the sections already in --out (same "

@@ -65,7 +65,9 @@ def test_keep_runs_only_the_sections_missing_or_failed_in_the_earlier_report(tmp
 
 def test_each_variant_is_compared_with_its_default_run():
     report = {
-        "finetune": {"ours": {"train_samples_per_second": 100.0, "train_samples_per_second_steady": 120.0}},
+        "finetune": {"ours": {"train_samples_per_second": 100.0, "train_samples_per_second_steady": 120.0,
+                              "eval_samples_per_second": 800.0}},
+        "finetune_eval_batch_256": {"ours": {"eval_samples_per_second": 2000.0, "eval_seconds": 20.0}},
         "finetune_bf16": {"ours": {"train_samples_per_second": 150.0, "train_samples_per_second_steady": 90.0}},
         "pretrain_base": {"fp32": {"train_tokens_per_second": 1.0},
                           "bf16": {"train_tokens_per_second": 400.0, "train_tokens_per_second_steady": None}},
@@ -76,6 +78,7 @@ def test_each_variant_is_compared_with_its_default_run():
     assert report["finetune_bf16"]["ratio"] == {"train_samples_per_second": 1.5, "train_samples_per_second_steady": 0.75}
     assert report["pretrain_base_compiled"]["ratio"] == {"train_tokens_per_second": 0.5,  # against bf16, not fp32
                                                          "train_tokens_per_second_steady": None}
+    assert report["finetune_eval_batch_256"]["ratio"] == {"eval_samples_per_second": 2.5}  # evaluation's speed alone
     assert "ratio" not in report["finetune_compiled"]
 
 
@@ -91,6 +94,6 @@ def test_the_steady_speed_leaves_out_the_first_window(tmp_path):
 def test_sections_are_named_by_group_or_name_and_a_typo_is_an_error(capsys):
     assert bench.section_names("main") == ["finetune", "pretrain_tiny", "pretrain_base", "nccl_launch"]
     assert bench.section_names("finetune_bf16,nccl_launch") == ["finetune_bf16", "nccl_launch"]
-    assert len(bench.section_names("all")) == len(bench.GPU_SECTIONS) == 11
+    assert len(bench.section_names("all")) == len(bench.GPU_SECTIONS) == 12
     with pytest.raises(SystemExit, match="--sections finetune_bf17: no such section"):
         bench.section_names("main,finetune_bf17")
