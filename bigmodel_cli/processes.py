@@ -9,6 +9,7 @@ from __future__ import annotations
 import atexit
 import os
 import sys
+import threading
 from typing import NoReturn
 
 
@@ -74,12 +75,16 @@ def exit_process(code: int) -> NoReturn:
     group, runs the exit handlers and flushes its output, then ends without the interpreter's
     finalization: DDP's reducer still holds the group after `destroy_process_group`, with the group's
     C++ worker threads, and finalizing them aborted runs that had finished and saved (exit -6,
-    "terminate called without an active exception"; 1 two-machine launch in 19 on this CPU)."""
+    "terminate called without an active exception"). Two gloo processes with DDP that leave the group
+    and exit: 5 of 100 pairs aborted with a normal exit, 0 of 100 with this one."""
     torch = sys.modules.get("torch")  # never imported by --help or a bad flag: no group to leave
     if torch is None or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         sys.exit(code)
     torch.distributed.destroy_process_group()
-    atexit._run_exitfuncs()  # what a normal exit runs first: logging's flush, multiprocessing's joins
+    for thread in threading.enumerate():  # what a normal exit does first: wait for Python's non-daemon threads,
+        if thread is not threading.current_thread() and not thread.daemon:
+            thread.join()
+    atexit._run_exitfuncs()  # then run the exit handlers: logging's flush, multiprocessing's joins
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     os._exit(code)
