@@ -154,17 +154,12 @@ def finetune_ours(mrpc: Path, work: Path, overrides: list[str], name: str = "our
                             overrides=[*overrides, "training.report_to=[none]", "training.save_total_limit=1"])
     run_dir = work / name
     metrics = finetuning.run(recipe, run_dir, quiet=True)
-    from transformers import AutoModelForSequenceClassification
-
     from bigmodel_cli.classification.data import encode, load_glue
     from bigmodel_cli.classification.inference import evaluate_classifier
+    from bigmodel_cli.classification.model import load_saved_classifier
     from bigmodel_cli.classification.tasks import get_task
-    from bigmodel_cli.kernels import classify_from_first_token
-    from bigmodel_cli.models import load_tokenizer
 
-    model = AutoModelForSequenceClassification.from_pretrained(run_dir)
-    classify_from_first_token(model)  # as `bigmodel eval` loads it
-    tokenizer = load_tokenizer(str(run_dir))
+    model, tokenizer = load_saved_classifier(str(run_dir))  # as `bigmodel eval` loads it: on the GPU where there is one
     task = get_task("mrpc")
     features = encode(load_glue(task, "validation", str(mrpc)), tokenizer)
 

@@ -29,6 +29,14 @@ def resolve_model_path(name_or_path: str) -> str:
     return name_or_path
 
 
+def inference_device():
+    """Where `eval`, `predict` and the GLUE suite run a saved model: the GPU where there is one (as
+    Trainer trains there, and as the fast paths in kernels.py decide), else the CPU."""
+    import torch
+
+    return torch.device("cuda") if torch.cuda.is_available() else torch.device("cpu")
+
+
 def model_error(name_or_path: str, error: Exception) -> BigmodelError:
     """One line for any failure to load a model or tokenizer."""
     cause = " ".join(str(error).split())[:160]

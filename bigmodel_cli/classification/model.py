@@ -34,18 +34,19 @@ def load_classifier(recipe: FinetuneRecipe, task: Task):
 
 def load_saved_classifier(model_dir: str):
     """A saved classifier (a finetune run, or any sequence-classification checkpoint), safetensors only,
-    ready for inference: a BERT's last layer computed for [CLS] only (the same logits); and its tokenizer."""
+    ready for inference on `inference_device()`: a BERT's last layer computed for [CLS] only (the same
+    logits); and its tokenizer."""
     from transformers import AutoModelForSequenceClassification
 
     from bigmodel_cli.kernels import classify_from_first_token
-    from bigmodel_cli.models import load_tokenizer
+    from bigmodel_cli.models import inference_device, load_tokenizer
 
     try:
         model = AutoModelForSequenceClassification.from_pretrained(resolve_model_path(model_dir), use_safetensors=True)
     except Exception as e:
         raise model_error(model_dir, e) from None
     classify_from_first_token(model)
-    return model, load_tokenizer(model_dir)
+    return model.to(inference_device()), load_tokenizer(model_dir)
 
 
 def check_lengths(recipe: FinetuneRecipe, model, tokenizer) -> None:

@@ -11,7 +11,7 @@ import json
 
 from bigmodel_cli.console import setup, shown
 from bigmodel_cli.errors import BigmodelError
-from bigmodel_cli.models import load_tokenizer, model_error, resolve_model_path
+from bigmodel_cli.models import load_tokenizer
 from bigmodel_cli.recipe import FinetuneRecipe, LabelledDataSection, PretrainRecipe, read_saved_recipe
 
 
@@ -58,19 +58,12 @@ def evaluate_mlm_on(model_dir: str, data_file: str | None, batch_size: int) -> d
     (its saved recipe), so a pretrain run's own held-out text gives its own figure."""
     from bigmodel_cli.files import check_text_file
     from bigmodel_cli.mlm.evaluation import score_text_file
-    from bigmodel_cli.mlm.head import SparseHeadBertForMaskedLM
+    from bigmodel_cli.mlm.head import load_saved_mlm
 
     if not data_file:
         raise BigmodelError("--task mlm needs --data-file: a text file, one example per line")
     check_text_file(data_file, "--data-file")
-    from transformers import AutoConfig, AutoModelForMaskedLM
-
-    path = resolve_model_path(model_dir)
-    try:  # BERT with the sparse head (the same loss, less work); any other family as transformers has it
-        bert = AutoConfig.from_pretrained(path).model_type == "bert"
-        model = (SparseHeadBertForMaskedLM if bert else AutoModelForMaskedLM).from_pretrained(path, use_safetensors=True)
-    except Exception as e:
-        raise model_error(model_dir, e) from None
+    model = load_saved_mlm(model_dir)
     tokenizer = load_tokenizer(model_dir)
     saved: PretrainRecipe | None = read_saved_recipe(model_dir, "pretrain")
     if saved is None:  # a model from elsewhere: its tokenizer's length, BERT's masking, the default seed

@@ -30,8 +30,9 @@ def masked_loss_sums(model, collator, rows, batches, counted: int | None = None,
 
     The held-out loss is the first over the second: per masked token over the whole set, so it does
     not move with the batch size or the process count (Trainer's own loop averages per-batch means,
-    weighted by rows). The masks are the collator's, fixed per example."""
-    total = torch.zeros(2, dtype=torch.float64)
+    weighted by rows). The masks are the collator's, fixed per example. The sums stay on the model's
+    device until the end: one transfer, not one host sync per batch."""
+    total = None
     counted = len(batches) if counted is None else counted
     with torch.inference_mode():
         for k, indices in enumerate(batches):
@@ -44,10 +45,11 @@ def masked_loss_sums(model, collator, rows, batches, counted: int | None = None,
                 loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch["labels"].reshape(-1),
                                        ignore_index=-100, reduction="sum")
             if k < counted:
-                total += torch.stack([loss.detach().double().cpu(), (batch["labels"] != -100).sum().double().cpu()])
+                sums = torch.stack([loss.detach().double(), (batch["labels"] != -100).sum().double()])
+                total = sums if total is None else total + sums
             if on_batch:
                 on_batch()
-    return total
+    return total.cpu() if total is not None else torch.zeros(2, dtype=torch.float64)
 
 
 def batched(indices, size: int) -> list[list[int]]:
@@ -82,10 +84,12 @@ def score_text_file(model, tokenizer, data_file: str | Path, max_seq_length: int
     rows = packed_dataset(tokenize_lines(lines, tokenizer, max_seq_length), max_seq_length, packing=bert)
     collator = MLMCollator(tokenizer, mlm_probability, seed, "held_out_masks", positions=bert, whole_words=whole_words,
                            position_ids=bert)
+    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
-        total, count = masked_loss_sums(model, collator, rows, batched(range(len(rows)), batch_size)).tolist()
+        total, count = masked_loss_sums(model, collator, rows, batched(range(len(rows)), batch_size),
+                                        prepare=lambda batch: {k: v.to(device) for k, v in batch.items()}).tolist()
     finally:
         model.train(was_training)
     count = int(count)

@@ -86,6 +86,22 @@ def masked_lm(recipe: PretrainRecipe, tokenizer, checkpoint=None):
     return model, said + (", with a fresh MLM head tied to its embeddings" if head else ", its own MLM head")
 
 
+def load_saved_mlm(model_dir: str):
+    """A saved masked LM, safetensors only, on `inference_device()`: BERT with the sparse head (the same
+    loss, less work), any other family as transformers has it."""
+    from transformers import AutoConfig, AutoModelForMaskedLM
+
+    from bigmodel_cli.models import inference_device, model_error, resolve_model_path
+
+    path = resolve_model_path(model_dir)
+    try:
+        bert = AutoConfig.from_pretrained(path).model_type == "bert"
+        model = (SparseHeadBertForMaskedLM if bert else AutoModelForMaskedLM).from_pretrained(path, use_safetensors=True)
+    except Exception as e:
+        raise model_error(model_dir, e) from None
+    return model.to(inference_device())
+
+
 def keep_pooler(model, path) -> None:
     """The checkpoint's pooler rides along, frozen, in the masked LM that has none (`BertForMaskedLM`
     builds its encoder without one), so the run saves it and a classifier fine-tuned from the run
