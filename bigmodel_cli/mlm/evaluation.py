@@ -30,14 +30,17 @@ def masked_loss_sums(model, collator, rows, batches, counted: int | None = None,
 
     The held-out loss is the first over the second: per masked token over the whole set, so it does
     not move with the batch size or the process count (Trainer's own loop averages per-batch means,
-    weighted by rows). The masks are the collator's, fixed per example. The sums stay on the model's
-    device until the end: one transfer, not one host sync per batch."""
+    weighted by rows). The masks are the collator's, fixed per example. Each batch goes through
+    `prepare` (Trainer's `_prepare_inputs`), else to the model's device. The sums stay on that device
+    until the end: one transfer, not one host sync per batch."""
+    device = next(model.parameters()).device
+    prepare = prepare or (lambda batch: {k: v.to(device) for k, v in batch.items()})
     total = None
     counted = len(batches) if counted is None else counted
     with torch.inference_mode():
         for k, indices in enumerate(batches):
             batch = collator([rows[i] for i in indices])
-            batch = prepare(batch) if prepare else batch
+            batch = prepare(batch)
             if isinstance(getattr(model, "module", model), SparseHeadBertForMaskedLM):
                 loss = model(**batch, num_items_in_batch=1).loss  # summed over the masked tokens
             else:  # another family's stock head: its logits, summed here (its own loss may be a mean)
@@ -84,12 +87,10 @@ def score_text_file(model, tokenizer, data_file: str | Path, max_seq_length: int
     rows = packed_dataset(tokenize_lines(lines, tokenizer, max_seq_length), max_seq_length, packing=bert)
     collator = MLMCollator(tokenizer, mlm_probability, seed, "held_out_masks", positions=bert, whole_words=whole_words,
                            position_ids=bert)
-    device = next(model.parameters()).device
     was_training = model.training
     model.eval()
     try:
-        total, count = masked_loss_sums(model, collator, rows, batched(range(len(rows)), batch_size),
-                                        prepare=lambda batch: {k: v.to(device) for k, v in batch.items()}).tolist()
+        total, count = masked_loss_sums(model, collator, rows, batched(range(len(rows)), batch_size)).tolist()
     finally:
         model.train(was_training)
     count = int(count)
