@@ -206,3 +206,29 @@ def test_the_resolved_recipe_of_another_family_holds_its_shape_names_and_no_pack
     assert resolved.model.attention_probs_dropout_prob == 0.0 and dropout_kwargs(resolved, modern) == {}
     chosen = with_checkpoint(recipe("model.hidden_dropout_prob=0.3"), modern)
     assert dropout_kwargs(chosen, modern) == {"mlp_dropout": 0.3, "embedding_dropout": 0.3}
+
+
+@pytest.mark.parametrize("family", ["bert", "roberta"])
+def test_the_pooler_alone_is_read_again_from_a_sharded_half_precision_checkpoint(tmp_path, monkeypatch, family):
+    import transformers
+    from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM
+
+    from bigmodel_cli.mlm.head import keep_pooler
+
+    config = AutoConfig.for_model(family, vocab_size=60, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
+                                  intermediate_size=32)
+    encoder = AutoModel.from_config(config)
+    encoder.half().save_pretrained(tmp_path, max_shard_size="2KB")  # a pooler in one shard of many
+    assert len(list(tmp_path.glob("*.safetensors"))) > 2
+    model = AutoModelForMaskedLM.from_pretrained(tmp_path, dtype=torch.float32)
+
+    def whole_model_again(*args, **kwargs):
+        raise AssertionError("the whole checkpoint was read a second time")
+
+    monkeypatch.setattr(transformers.AutoModel, "from_pretrained", whole_model_again)
+    keep_pooler(model, tmp_path)
+    pooler = model.base_model.pooler
+    assert torch.equal(pooler.dense.weight, encoder.pooler.dense.weight.float())
+    assert torch.equal(pooler.dense.bias, encoder.pooler.dense.bias.float())
+    assert pooler.dense.weight.dtype == torch.float32 and not pooler.dense.weight.requires_grad
+    assert model(input_ids=torch.tensor([[3, 4, 5]])).logits.shape == (1, 3, 60)

@@ -9,6 +9,8 @@ one, its decoder tied to the word embeddings as BERT's is.
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import torch.nn.functional as F
 from transformers import BertForMaskedLM
 from transformers.modeling_outputs import MaskedLMOutput
@@ -105,13 +107,43 @@ def load_saved_mlm(model_dir: str):
 def keep_pooler(model, path) -> None:
     """The checkpoint's pooler rides along, frozen, in the masked LM that has none (`BertForMaskedLM`
     builds its encoder without one), so the run saves it and a classifier fine-tuned from the run
-    starts from the checkpoint's pooler, not a random one. The MLM loss never reaches it."""
-    from transformers import AutoModel
+    starts from the checkpoint's pooler, not a random one. The MLM loss never reaches it. Only the
+    pooler's tensors are read from the checkpoint's files, not the whole model a second time."""
+    import torch
 
-    pooler = getattr(AutoModel.from_pretrained(path, use_safetensors=True), "pooler", None)
-    if pooler is not None and hasattr(model.base_model, "pooler"):
-        pooler.requires_grad_(False)
-        model.base_model.pooler = pooler
+    base = model.base_model
+    weights = pooler_weights(path)
+    if not weights or not hasattr(base, "pooler"):
+        return
+    with torch.device("meta"):  # the family's own pooler class and shape, no memory, no initialisation
+        pooler = type(base)(base.config, add_pooling_layer=True).pooler
+    dtype = base.get_input_embeddings().weight.dtype  # the model's, whatever the file holds
+    pooler.load_state_dict({name: tensor.to(dtype) for name, tensor in weights.items()}, assign=True)
+    model.base_model.pooler = pooler.requires_grad_(False)
+
+
+def pooler_weights(path) -> dict:
+    """The pooler's tensors of the safetensors checkpoint at `path` (a folder or hub id, sharded or
+    not), under the pooler's own names (`dense.weight`); only the files that hold them are opened."""
+    import json
+
+    from safetensors import safe_open
+    from transformers.utils import cached_file
+
+    def pooled(key: str) -> bool:
+        return "pooler" in key.split(".")
+
+    index = cached_file(path, "model.safetensors.index.json", _raise_exceptions_for_missing_entries=False)
+    if index:
+        files = sorted({file for key, file in json.loads(Path(index).read_text())["weight_map"].items() if pooled(key)})
+    else:
+        files = ["model.safetensors"]
+    weights = {}
+    for name in files:
+        with safe_open(cached_file(path, name), framework="pt") as f:
+            for key in filter(pooled, f.keys()):
+                weights[key.split("pooler.", 1)[1]] = f.get_tensor(key)
+    return weights
 
 
 # The recipe's dropout keys under each family's own config names (BERT's names elsewhere).
