@@ -59,6 +59,7 @@ class TrainingSection(Section):
     save_steps: float = Field(500, gt=0)  # with save_strategy=steps
     save_total_limit: int | None = Field(2, ge=1)  # checkpoints kept on disk (the best is never deleted)
     bf16: bool = False  # bfloat16 autocast (Ampere+ GPU); MiniLM training on CPUs: 1.4x faster with AMX-BF16, 16x slower without
+    fp16: bool = False  # float16 autocast with loss scaling: for GPUs without native bf16 (T4, V100, RTX 20xx)
     optim: str = "adamw_torch_fused"  # any transformers OptimizerNames; fused (one kernel for all tensors) is Trainer's own default
     dataloader_drop_last: bool = False  # each epoch in whole global batches: fill the last one (false) or cut it (true)
     dataloader_num_workers: int = Field(0, ge=0)  # background processes that collate batches
@@ -78,6 +79,8 @@ class TrainingSection(Section):
     def _check(self) -> TrainingSection:
         if self.warmup_steps >= 1 and self.warmup_steps != int(self.warmup_steps):
             raise ValueError("warmup_steps: give whole steps (e.g. 100) or a fraction below 1 (e.g. 0.1)")
+        if self.bf16 and self.fp16:
+            raise ValueError("bf16 and fp16 are both true: choose one (bf16 on Ampere or newer GPUs, fp16 on older ones)")
         if self.max_steps == 0 or self.max_steps < -1:
             raise ValueError("max_steps: must be a positive number of steps, or -1 to use num_train_epochs")
         if self.time_budget and self.lr_scheduler_type not in BUDGET_SCHEDULES:

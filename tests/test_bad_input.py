@@ -136,6 +136,12 @@ def test_diverged_training_stops_with_the_step(tmp_path):
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 
+def test_fp16_on_a_cpu_is_refused_and_the_corrected_run_starts_in_the_same_folder(tmp_path):
+    fails(pretrain(tmp_path, "training.fp16=true"), "training.fp16 needs a GPU", "training.fp16=false")
+    result = pretrain(tmp_path, "training.max_steps=2")  # the folder holds the refused recipe only: starts afresh
+    assert result.returncode == 0, result.stderr[-1500:]
+
+
 def test_drop_last_with_less_than_one_global_batch_names_the_fix(tmp_path):
     (tmp_path / "corpus.txt").write_text("a few words\n" * 3)
     fails(pretrain(tmp_path, "data.train_files=[corpus.txt]", "training.dataloader_drop_last=true",

@@ -274,10 +274,12 @@ def test_gpu_attention_builds_masks_without_a_host_sync_and_computes_what_stock_
         torch.testing.assert_close(got, expected, rtol=0, atol=1e-5)
 
 
-def test_fast_paths_under_bf16_autocast_stay_within_bf16_rounding_of_fp32():
-    """The folded last layer, the fast dropout's attention and the sparse MLM head under bf16 autocast
-    (as `training.bf16` runs them on a GPU), against the stock fp32 model: within 0.05 absolute on
-    logits of size ~1 and on the loss (bf16 keeps 8 bits of mantissa: ~0.4 % per rounding)."""
+@pytest.mark.parametrize(("dtype", "tolerance"), [(torch.bfloat16, 0.05), (torch.float16, 0.01)])
+def test_fast_paths_under_autocast_stay_within_its_rounding_of_fp32(dtype, tolerance):
+    """The folded last layer, the fast dropout's attention and the sparse MLM head under bf16 or fp16
+    autocast (as `training.bf16` / `training.fp16` run them on a GPU), against the stock fp32 model,
+    on logits of size ~1 and on the loss: within 0.05 absolute in bf16 (8 bits of mantissa: ~0.4 %
+    per rounding), 0.01 in fp16 (11 bits: ~0.05 %)."""
     from transformers import BertForMaskedLM
 
     from bigmodel_cli.mlm.head import SparseHeadBertForMaskedLM
@@ -291,18 +293,18 @@ def test_fast_paths_under_bf16_autocast_stay_within_bf16_rounding_of_fp32():
     mask[1, 8:] = 0
     labels = torch.tensor([0, 1, 1, 0])
     expected = stock(input_ids=ids, attention_mask=mask, labels=labels)
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=dtype):
         got = fast(input_ids=ids, attention_mask=mask, labels=labels)
-    assert got.logits.dtype == torch.bfloat16  # the fast path ran in bf16, not silently in fp32
-    torch.testing.assert_close(got.logits.float(), expected.logits, rtol=0, atol=0.05)
-    assert abs(got.loss.item() - expected.loss.item()) < 0.05
+    assert got.logits.dtype == dtype  # the fast path ran in that precision, not silently in fp32
+    torch.testing.assert_close(got.logits.float(), expected.logits, rtol=0, atol=tolerance)
+    assert abs(got.loss.item() - expected.loss.item()) < tolerance
     torch.manual_seed(0)
     config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4, intermediate_size=64,
                         hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0)
     sparse, full = SparseHeadBertForMaskedLM(config), BertForMaskedLM(BertConfig(**config.to_dict()))
     full.load_state_dict(sparse.state_dict())
     mlm_labels = torch.where(torch.rand(4, 12) < 0.3, ids, torch.full_like(ids, -100))
-    with torch.autocast("cpu", dtype=torch.bfloat16):
+    with torch.autocast("cpu", dtype=dtype):
         sparse_loss = sparse(input_ids=ids, attention_mask=mask, labels=mlm_labels).loss
     full_loss = full(input_ids=ids, attention_mask=mask, labels=mlm_labels).loss
-    assert abs(sparse_loss.item() - full_loss.item()) < 0.05
+    assert abs(sparse_loss.item() - full_loss.item()) < tolerance

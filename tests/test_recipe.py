@@ -73,6 +73,7 @@ def test_unknown_key_names_file_key_and_nearest(tmp_path):
         ("data: {}\n", ["train_files"]),
         ("- a\n- b\n", ["mapping"]),
         ("data: {train_files: [a.txt]\n", ["not valid YAML", "line"]),
+        ("data: {train_files: [a.txt]}\ntraining: {bf16: true, fp16: true}\n", ["bf16 and fp16 are both true", "choose one"]),
     ],
 )
 def test_bad_recipes_say_what_to_fix(tmp_path, text, words):

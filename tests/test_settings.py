@@ -39,6 +39,44 @@ def test_a_global_batch_that_cannot_honour_the_accumulation_names_the_keys(value
         assert key in str(error.value)
 
 
+@pytest.mark.parametrize("gpu, values, words", [
+    (None, dict(fp16=True), ["training.fp16 needs a GPU", "training.fp16=false"]),  # Accelerate: fp32 on a CPU, silently
+    (("Tesla T4", (7, 5)), dict(bf16=True), ["training.bf16", "Tesla T4, compute capability 7.5", "training.fp16=true"]),
+    (("Tesla V100-SXM2-32GB", (7, 0)), dict(bf16=True), ["no native bfloat16"]),
+])
+def test_mixed_precision_that_would_not_run_as_asked_names_the_key(monkeypatch, gpu, values, words):
+
+    from bigmodel_cli.trainer.arguments import check_precision
+
+    fake_gpu(monkeypatch, gpu)
+    with pytest.raises(BigmodelError) as error:
+        check_precision(training(**values))
+    for word in words:
+        assert word in str(error.value)
+
+
+@pytest.mark.parametrize("gpu, values", [
+    (("Tesla T4", (7, 5)), dict(fp16=True)), (("NVIDIA A100-SXM4-80GB", (8, 0)), dict(bf16=True)),
+    (("NVIDIA H200", (9, 0)), dict(bf16=True)), (("NVIDIA H200", (9, 0)), dict(fp16=True)),
+    (None, dict(bf16=True)), (None, {}), (("Tesla T4", (7, 5)), {}),
+])
+def test_mixed_precision_where_it_runs_as_asked_passes(monkeypatch, gpu, values):
+    from bigmodel_cli.trainer.arguments import check_precision
+
+    fake_gpu(monkeypatch, gpu)
+    check_precision(training(**values))
+
+
+def fake_gpu(monkeypatch, gpu: tuple[str, tuple[int, int]] | None) -> None:
+    """No GPU (None), or one of that name and compute capability, as torch.cuda reports them."""
+    import torch
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu is not None)
+    if gpu is not None:
+        monkeypatch.setattr(torch.cuda, "get_device_name", lambda *a: gpu[0])
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a: gpu[1])
+
+
 def finetune_recipe(**values) -> FinetuneRecipe:
     return FinetuneRecipe.model_validate({"data": {"task": "mrpc"}, "training": values})
 

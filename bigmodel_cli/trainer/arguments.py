@@ -54,9 +54,29 @@ def on_gpu(setting: bool | None) -> bool:
     return torch.cuda.is_available()
 
 
+def check_precision(training: TrainingSection) -> None:
+    """Mixed precision only where it runs as asked, else a one-line error naming the key: fp16 needs
+    a GPU (on a CPU Accelerate has no float16 autocast and would train in fp32, silently), and bf16
+    on a GPU needs native bfloat16, Ampere or newer (older GPUs emulate it, slower than fp32)."""
+    import torch
+
+    if not torch.cuda.is_available():
+        if training.fp16:
+            raise BigmodelError("training.fp16 needs a GPU: on a CPU the run would train in fp32 (Accelerate has no "
+                                "float16 autocast there); set training.fp16=false, or training.bf16=true on a CPU "
+                                "with native bfloat16 (AMX)")
+        return
+    major, minor = torch.cuda.get_device_capability()
+    if training.bf16 and major < 8:
+        raise BigmodelError(f"training.bf16: this GPU ({torch.cuda.get_device_name()}, compute capability {major}.{minor}) "
+                            "has no native bfloat16 and would emulate it, slower than fp32; set training.fp16=true "
+                            "instead (float16 with loss scaling), or training.bf16=false")
+
+
 def training_arguments(training: TrainingSection, run_dir: Path, quiet: bool = False, **extra) -> TrainingArguments:
     import torch
 
+    check_precision(training)
     kwargs = training.trainer_kwargs()
     kwargs["per_device_train_batch_size"], kwargs["gradient_accumulation_steps"] = batch_layout(training, world_size())
     if training.time_budget:  # the budget ends the run; the epoch count must not end it first
