@@ -1,13 +1,15 @@
 """Recipes: plain YAML turned into typed, validated objects at the edge.
 
 `load_recipe()` merges defaults < YAML < command-line flags < `--set key=value` overrides, in that
-order. An unknown key, a wrong type or an impossible value is a `BigmodelError` that names the
+order; where none of them picks a mixed precision, an `accelerate launch` config's does
+(`launch_precision`). An unknown key, a wrong type or an impossible value is a `BigmodelError` that names the
 file, the key and, for a typo, the nearest valid key. Past this module no code sees a raw dict.
 """
 
 from __future__ import annotations
 
 import difflib
+import os
 from pathlib import Path
 from typing import Any, Literal
 
@@ -361,6 +363,7 @@ def load_recipe(
     for text in overrides or []:
         keys, value = parse_override(text)
         _set_nested(tree, keys, value, f"--set {text}")
+    launch_precision(tree, f"recipe {path}")
     model = RECIPE_TYPES[kind]
     try:
         recipe = model.model_validate(tree)
@@ -368,6 +371,24 @@ def load_recipe(
         raise BigmodelError(describe_errors(e, model, f"recipe {path}")) from None
     resolve_paths(recipe, path.parent)
     return recipe, tree
+
+
+LAUNCH_PRECISION = "ACCELERATE_MIXED_PRECISION"  # `accelerate launch` passes its config's mixed_precision in it
+
+
+def launch_precision(tree: dict, where: str) -> None:
+    """The launch's mixed precision (an Accelerate config's `mixed_precision`, which `accelerate launch`
+    passes on in ACCELERATE_MIXED_PRECISION) where the recipe, its flags and `--set` choose none:
+    `training.bf16` or `training.fp16` then say what the run trains in, in the header and the resolved
+    recipe alike. A recipe that names either key decides (`trainer.arguments` makes Trainer follow it)."""
+    value = os.environ.get(LAUNCH_PRECISION, "no").strip().lower()
+    training = tree.get("training")
+    if value == "no" or (isinstance(training, dict) and {"bf16", "fp16"} & training.keys()):
+        return
+    if value not in ("bf16", "fp16"):
+        raise BigmodelError(f"{LAUNCH_PRECISION}={value} (the Accelerate config's mixed_precision): bigmodel trains "
+                            "in bf16, fp16 or fp32; set mixed_precision to bf16, fp16 or no")
+    _set_nested(tree, ["training", value], True, where)
 
 
 PATH_FIELDS = ("train_files", "eval_files", "data_dir", "train_file", "validation_file", "test_file")

@@ -4,8 +4,11 @@ names the conflicting keys; and the fast kernels go only on the model classes th
 from __future__ import annotations
 
 import math
+import os
 
 import pytest
+import torch
+from transformers import BertConfig, BertForSequenceClassification
 
 from bigmodel_cli.errors import BigmodelError
 from bigmodel_cli.recipe import FinetuneRecipe, PretrainRecipe, TrainingSection
@@ -69,7 +72,6 @@ def test_mixed_precision_where_it_runs_as_asked_passes(monkeypatch, gpu, values)
 
 def fake_gpu(monkeypatch, gpu: tuple[str, tuple[int, int]] | None) -> None:
     """No GPU (None), or one of that name and compute capability, as torch.cuda reports them."""
-    import torch
 
     monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu is not None)
     if gpu is not None:
@@ -121,7 +123,6 @@ class Clock:
 
 @pytest.mark.parametrize("kind", ["linear", "cosine", "constant"])
 def test_the_budget_schedule_follows_the_type_and_the_warmup_asked(kind):
-    import torch
 
     from bigmodel_cli.trainer.callbacks import budget_schedule
 
@@ -166,3 +167,48 @@ def test_fast_kernels_go_on_tested_bert_classes_only():
     said = speedups(bert, first_token=True)
     assert said == "fast paths: fast dropout and attention, first-token last layer"
     assert any(isinstance(m, FastDropout) for m in bert.modules())
+
+
+@pytest.mark.parametrize("launch, recipe, sets, expected", [
+    ("bf16", "finetune/mrpc", [], "bf16"),  # the recipe chooses none: the launch config's
+    ("fp16", "finetune/mrpc", [], "fp16"),
+    ("no", "finetune/mrpc", [], "no"),
+    ("bf16", "finetune/mrpc", ["training.bf16=false"], "no"),  # the recipe's explicit fp32 wins
+    ("bf16", "finetune/mrpc", ["training.fp16=true"], "fp16"),
+    ("fp16", "pretrain/bert-base", [], "bf16"),  # its YAML says bf16
+])
+def test_the_launch_configs_precision_fills_in_where_the_recipe_chooses_none(monkeypatch, launch, recipe, sets, expected):
+    """`accelerate launch` passes its config's mixed_precision on in ACCELERATE_MIXED_PRECISION. The
+    recipe says what the run trains in (its header and resolved recipe show it), the launch's where
+    the recipe names neither key."""
+    from bigmodel_cli.recipe import load_recipe
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", launch)
+    kind = recipe.split("/")[0]
+    loaded, _ = load_recipe(kind, recipe, overrides=sets + ([] if kind == "finetune" else ["data.train_files=[a.txt]"]))
+    assert ("bf16" if loaded.training.bf16 else "fp16" if loaded.training.fp16 else "no") == expected
+
+
+@pytest.mark.parametrize("launch, values, expected", [("bf16", {}, "no"), ("no", dict(bf16=True), "bf16")])
+def test_trainer_trains_in_the_recipes_precision_not_the_launchs(monkeypatch, tmp_path, launch, values, expected):
+    """Trainer took ACCELERATE_MIXED_PRECISION over a recipe's fp32: every shipped Accelerate config
+    says bf16, so such a recipe trained in bf16 while its header and resolved recipe said fp32."""
+    from transformers import Trainer
+
+    from bigmodel_cli.trainer.arguments import training_arguments
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", launch)
+    args = training_arguments(training(**values, eval_strategy="no"), tmp_path, quiet=True)
+    config = BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8)
+    trainer = Trainer(model=BertForSequenceClassification(config), args=args)
+    assert args.mixed_precision == trainer.accelerator.mixed_precision == expected
+    assert os.environ["ACCELERATE_MIXED_PRECISION"] == launch  # the process's environment is left as it was
+
+
+def test_a_launch_precision_bigmodel_cannot_train_in_names_the_variable(monkeypatch):
+    from bigmodel_cli.recipe import load_recipe
+
+    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp8")
+    with pytest.raises(BigmodelError) as error:
+        load_recipe("finetune", "finetune/mrpc")
+    assert "ACCELERATE_MIXED_PRECISION=fp8" in str(error.value) and "mixed_precision" in str(error.value)

@@ -2,13 +2,15 @@
 
 from __future__ import annotations
 
+import os
 from pathlib import Path
+from unittest import mock
 
 from transformers import TrainingArguments
 
 from bigmodel_cli.errors import BigmodelError
 from bigmodel_cli.processes import world_size
-from bigmodel_cli.recipe import TrainingSection
+from bigmodel_cli.recipe import LAUNCH_PRECISION, TrainingSection
 
 
 def split_global_batch(global_batch: int, processes: int, most_per_device: int) -> tuple[int, int]:
@@ -89,10 +91,14 @@ def training_arguments(training: TrainingSection, run_dir: Path, quiet: bool = F
     if world_size() > 1:
         extra.setdefault("ddp_find_unused_parameters", False)  # BERT uses every parameter: no extra graph walk
     kwargs.update(extra)
-    return TrainingArguments(
-        output_dir=str(run_dir),
-        logging_nan_inf_filter=False,  # a NaN loss must show, not be averaged away
-        disable_tqdm=quiet,
-        use_cpu=not torch.cuda.is_available(),
-        **kwargs,
-    )
+    # The recipe's precision (the launch config's where the recipe set none: `recipe.launch_precision`) is
+    # the run's. TrainingArguments reads the launch's from the environment and lets bf16/fp16 only raise it,
+    # so a recipe's fp32 trained in the launch config's bf16; it reads the recipe's here, the process keeps its own.
+    with mock.patch.dict(os.environ, {LAUNCH_PRECISION: "bf16" if training.bf16 else "fp16" if training.fp16 else "no"}):
+        return TrainingArguments(
+            output_dir=str(run_dir),
+            logging_nan_inf_filter=False,  # a NaN loss must show, not be averaged away
+            disable_tqdm=quiet,
+            use_cpu=not torch.cuda.is_available(),
+            **kwargs,
+        )
