@@ -11,6 +11,7 @@ scaled by the process count or a schedule of another length misses by far more."
 from __future__ import annotations
 
 import json
+import os
 import socket
 import subprocess
 import sys
@@ -113,7 +114,8 @@ def test_two_machines_on_one_host(tmp_path, pretrain_args, pretrain_one):
         subprocess.Popen([sys.executable, "-m", "bigmodel_cli", "launch", "--num-processes", "2", "--num-machines", "2",
                           "--machine-rank", str(rank), "--main-process-ip", "127.0.0.1", "--main-process-port", str(port),
                           *pretrain_args, "-o", str(out / "run")],
-                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+                         cwd=ROOT, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+                         env={**os.environ, "OMP_NUM_THREADS": "1"})  # two "machines" sharing this host's cores
         for rank in (0, 1)
     ]
     for proc in launches:
@@ -153,6 +155,31 @@ def test_launch_builds_accelerates_own_command():
     assert argv[0] == "--config_file" and argv[1].endswith("accelerate/fsdp.yaml")
     two = launch_arguments(["pretrain"], 2, None, 2, 1, "127.0.0.1", 29555)
     assert two[two.index("--machine_rank") + 1] == "1" and two[two.index("--main_process_ip") + 1] == "127.0.0.1"
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize("gpu, omp, processes, machines, expected", [
+    (False, None, 1, None, "8"),  # a CPU's cores go to the process training on it, as without launch
+    (False, None, 2, None, "4"),  # shared by the processes on this machine
+    (False, None, 4, 2, "4"),  # 2 of the 4 on this machine
+    (False, None, 16, None, "1"),
+    (True, None, 2, None, "1"),  # GPU processes: accelerate's and torchrun's one thread
+    (False, "3", 2, None, None),  # the user's OMP_NUM_THREADS: accelerate honours it
+])
+def test_launched_processes_on_a_cpu_share_its_cores(monkeypatch, gpu, omp, processes, machines, expected):
+    import torch
+
+    from bigmodel_cli.commands.launch import launch_arguments
+
+    monkeypatch.setattr(torch.cuda, "is_available", lambda: gpu)
+    monkeypatch.setattr(torch, "get_num_threads", lambda: 8)
+    if omp is None:
+        monkeypatch.delenv("OMP_NUM_THREADS", raising=False)
+    else:
+        monkeypatch.setenv("OMP_NUM_THREADS", omp)
+    argv = launch_arguments(["pretrain"], processes, None, machines, None, None, None)
+    flag = "--num_cpu_threads_per_process"
+    assert (argv[argv.index(flag) + 1] if flag in argv else None) == expected
 
 
 @pytest.mark.unit

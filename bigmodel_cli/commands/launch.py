@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+
 from bigmodel_cli.errors import BigmodelError
 
 
@@ -45,4 +47,18 @@ def launch_arguments(command: list[str], num_processes: int | None, config: str 
             argv += [flag, str(value)]
     if (num_machines or 1) > 1 and not config:
         argv += ["--rdzv_backend", "static", "--same_network"]
+    if not config and "OMP_NUM_THREADS" not in os.environ:
+        argv += ["--num_cpu_threads_per_process", str(threads_per_process(num_processes, num_machines))]
     return [*argv, "-m", "bigmodel_cli", *command]
+
+
+def threads_per_process(num_processes: int | None, num_machines: int | None) -> int:
+    """CPU threads for each launched process. `accelerate launch` gives each one thread unless told
+    (torchrun's rule for GPU processes, whose work is on the GPU): on a machine without a GPU, the
+    processes training on it share its cores instead, as a plain command's torch uses them all."""
+    import torch
+
+    if torch.cuda.is_available():
+        return 1
+    here = max(1, (num_processes or 1) // (num_machines or 1))  # the processes on this machine
+    return max(1, torch.get_num_threads() // here)
