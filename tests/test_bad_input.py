@@ -136,10 +136,14 @@ def test_diverged_training_stops_with_the_step(tmp_path):
     assert not (tmp_path / "run" / "metrics.json").exists()
 
 
-def test_fp16_on_a_cpu_is_refused_and_the_corrected_run_starts_in_the_same_folder(tmp_path):
+def test_fp16_on_a_cpu_is_refused_and_the_corrected_run_starts_in_the_same_folder(tmp_path, pretrained):
     fails(pretrain(tmp_path, "training.fp16=true"), "training.fp16 needs a GPU", "training.fp16=false")
     result = pretrain(tmp_path, "training.max_steps=2")  # the folder holds the refused recipe only: starts afresh
     assert result.returncode == 0, result.stderr[-1500:]
+    finetune = run_cli("finetune", "-r", "finetune/mrpc-tiny-debug", "--model", pretrained, "-o", tmp_path / "ft",
+                       "--set", "training.fp16=true")
+    fails(finetune, "training.fp16 needs a GPU")
+    assert "Loading weights" not in finetune.stderr  # refused before the model loads
 
 
 def test_drop_last_with_less_than_one_global_batch_names_the_fix(tmp_path):

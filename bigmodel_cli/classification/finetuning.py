@@ -26,10 +26,11 @@ def run(recipe: FinetuneRecipe, run_dir: Path, resume_from: Path | None = None, 
     from bigmodel_cli.kernels import speedups
     from bigmodel_cli.models import load_tokenizer
     from bigmodel_cli.seeds import derive_seed
-    from bigmodel_cli.trainer.arguments import training_arguments
+    from bigmodel_cli.trainer.arguments import check_precision, training_arguments
     from bigmodel_cli.trainer.callbacks import GracefulStop, RunHeader
     from bigmodel_cli.trainer.trainer import CountingTrainer
 
+    check_precision(recipe.training)  # before the data and the model load
     set_seed(derive_seed(recipe.training.seed, "init"))  # before the model: the new head's init is seeded too
     task, raw = load_splits(recipe.data)
     tokenizer = load_tokenizer(recipe.model.name_or_path, recipe.model.trust_remote_code)

@@ -46,9 +46,10 @@ def run(recipe: PretrainRecipe, run_dir: Path, resume_from: Path | None = None, 
     from bigmodel_cli.mlm.tokenizer import get_tokenizer
     from bigmodel_cli.mlm.trainer import MLMTrainer
     from bigmodel_cli.seeds import derive_seed
-    from bigmodel_cli.trainer.arguments import on_gpu, training_arguments
+    from bigmodel_cli.trainer.arguments import check_precision, on_gpu, training_arguments
     from bigmodel_cli.trainer.callbacks import GracefulStop, RunHeader, TimeBudget
 
+    check_precision(recipe.training)
     args = training_arguments(recipe.training, run_dir, quiet, prediction_loss_only=True,
                               remove_unused_columns=False)
     seed = recipe.training.seed

@@ -78,7 +78,6 @@ def check_precision(training: TrainingSection) -> None:
 def training_arguments(training: TrainingSection, run_dir: Path, quiet: bool = False, **extra) -> TrainingArguments:
     import torch
 
-    check_precision(training)
     kwargs = training.trainer_kwargs()
     kwargs["per_device_train_batch_size"], kwargs["gradient_accumulation_steps"] = batch_layout(training, world_size())
     if training.time_budget:  # the budget ends the run; the epoch count must not end it first
