@@ -1,8 +1,8 @@
 """Recipes: plain YAML turned into typed, validated objects at the edge.
 
 `load_recipe()` merges defaults < YAML < command-line flags < `--set key=value` overrides, in that
-order; where none of them picks a mixed precision, an `accelerate launch` config's does
-(`launch_precision`). An unknown key, a wrong type or an impossible value is a `BigmodelError` that names the
+order; where none of them sets the precision or compilation, an `accelerate launch` config's
+does (`launch_settings`). An unknown key, a wrong type or an impossible value is a `BigmodelError` that names the
 file, the key and, for a typo, the nearest valid key. Past this module no code sees a raw dict.
 """
 
@@ -363,7 +363,7 @@ def load_recipe(
     for text in overrides or []:
         keys, value = parse_override(text)
         _set_nested(tree, keys, value, f"--set {text}")
-    launch_precision(tree, f"recipe {path}")
+    launch_settings(tree, f"recipe {path}")
     model = RECIPE_TYPES[kind]
     try:
         recipe = model.model_validate(tree)
@@ -374,21 +374,29 @@ def load_recipe(
 
 
 LAUNCH_PRECISION = "ACCELERATE_MIXED_PRECISION"  # `accelerate launch` passes its config's mixed_precision in it
+LAUNCH_COMPILER = "ACCELERATE_DYNAMO_BACKEND"  # ... and its dynamo_backend in this
 
 
-def launch_precision(tree: dict, where: str) -> None:
-    """The launch's mixed precision (an Accelerate config's `mixed_precision`, which `accelerate launch`
-    passes on in ACCELERATE_MIXED_PRECISION) where the recipe, its flags and `--set` choose none:
-    `training.bf16` or `training.fp16` then say what the run trains in, in the header and the resolved
-    recipe alike. A recipe that names either key decides (`trainer.arguments` makes Trainer follow it)."""
-    value = os.environ.get(LAUNCH_PRECISION, "no").strip().lower()
-    training = tree.get("training")
-    if value == "no" or (isinstance(training, dict) and {"bf16", "fp16"} & training.keys()):
-        return
-    if value not in ("bf16", "fp16"):
-        raise BigmodelError(f"{LAUNCH_PRECISION}={value} (the Accelerate config's mixed_precision): bigmodel trains "
-                            "in bf16, fp16 or fp32; set mixed_precision to bf16, fp16 or no")
-    _set_nested(tree, ["training", value], True, where)
+def launch_settings(tree: dict, where: str) -> None:
+    """What an `accelerate launch` config sets that a recipe also says: its `mixed_precision` and its
+    `dynamo_backend`, which the launcher passes on in the environment, where Trainer and Accelerate
+    took them over the recipe's. Here they fill in `training.bf16` / `training.fp16` and
+    `training.torch_compile` where the recipe, its flags and `--set` name none of those keys, so the
+    header and the resolved recipe say what the run does; a recipe that names one decides
+    (`trainer.arguments` makes Trainer follow it). A value bigmodel has no key for is an error."""
+    training = tree.get("training") if isinstance(tree.get("training"), dict) else {}
+    precision = os.environ.get(LAUNCH_PRECISION, "no").strip().lower()
+    if precision != "no" and not {"bf16", "fp16"} & training.keys():
+        if precision not in ("bf16", "fp16"):
+            raise BigmodelError(f"{LAUNCH_PRECISION}={precision} (the Accelerate config's mixed_precision): bigmodel "
+                                "trains in bf16, fp16 or fp32; set mixed_precision to bf16, fp16 or no")
+        _set_nested(tree, ["training", precision], True, where)
+    compiler = os.environ.get(LAUNCH_COMPILER, "no").strip().lower()
+    if compiler != "no" and "torch_compile" not in training:
+        if compiler != "inductor":
+            raise BigmodelError(f"{LAUNCH_COMPILER}={compiler} (the Accelerate config's dynamo_backend): bigmodel "
+                                "compiles with inductor (training.torch_compile); set dynamo_backend to inductor or no")
+        _set_nested(tree, ["training", "torch_compile"], True, where)
 
 
 PATH_FIELDS = ("train_files", "eval_files", "data_dir", "train_file", "validation_file", "test_file")

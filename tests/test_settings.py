@@ -189,26 +189,68 @@ def test_the_launch_configs_precision_fills_in_where_the_recipe_chooses_none(mon
     assert ("bf16" if loaded.training.bf16 else "fp16" if loaded.training.fp16 else "no") == expected
 
 
-@pytest.mark.parametrize("launch, values, expected", [("bf16", {}, "no"), ("no", dict(bf16=True), "bf16")])
-def test_trainer_trains_in_the_recipes_precision_not_the_launchs(monkeypatch, tmp_path, launch, values, expected):
-    """Trainer took ACCELERATE_MIXED_PRECISION over a recipe's fp32: every shipped Accelerate config
-    says bf16, so such a recipe trained in bf16 while its header and resolved recipe said fp32."""
-    from transformers import Trainer
-
-    from bigmodel_cli.trainer.arguments import training_arguments
-
-    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", launch)
-    args = training_arguments(training(**values, eval_strategy="no"), tmp_path, quiet=True)
-    config = BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8)
-    trainer = Trainer(model=BertForSequenceClassification(config), args=args)
-    assert args.mixed_precision == trainer.accelerator.mixed_precision == expected
-    assert os.environ["ACCELERATE_MIXED_PRECISION"] == launch  # the process's environment is left as it was
-
-
-def test_a_launch_precision_bigmodel_cannot_train_in_names_the_variable(monkeypatch):
+@pytest.mark.parametrize("launch, sets, expected", [
+    ("inductor", [], True),  # the recipe does not name it: the launch config's dynamo_backend
+    ("INDUCTOR", ["training.torch_compile=false"], False),  # the recipe's explicit key wins
+    ("no", [], False),
+])
+def test_the_launch_configs_compilation_fills_in_where_the_recipe_names_none(monkeypatch, launch, sets, expected):
     from bigmodel_cli.recipe import load_recipe
 
-    monkeypatch.setenv("ACCELERATE_MIXED_PRECISION", "fp8")
+    monkeypatch.setenv("ACCELERATE_DYNAMO_BACKEND", launch)
+    loaded, _ = load_recipe("finetune", "finetune/mrpc", overrides=sets)
+    assert loaded.training.torch_compile is expected
+
+
+@pytest.mark.parametrize("launch, values, precision, compiler", [
+    ({"ACCELERATE_MIXED_PRECISION": "bf16"}, {}, "no", "NO"),
+    ({"ACCELERATE_MIXED_PRECISION": "no"}, dict(bf16=True), "bf16", "NO"),
+    ({"ACCELERATE_DYNAMO_BACKEND": "INDUCTOR"}, {}, "no", "NO"),
+    ({"ACCELERATE_DYNAMO_BACKEND": "NO"}, dict(torch_compile=True), "no", "INDUCTOR"),
+])
+def test_the_trainer_runs_the_recipes_precision_and_compilation_not_the_launchs(monkeypatch, tmp_path, launch, values,
+                                                                               precision, compiler):
+    """Trainer and Accelerate took ACCELERATE_MIXED_PRECISION and ACCELERATE_DYNAMO_BACKEND over the
+    recipe's keys: every shipped Accelerate config says bf16, so a recipe's fp32 trained in bf16 while
+    its header and resolved recipe said fp32; a config's dynamo_backend compiled a recipe's
+    torch_compile: false."""
+    from bigmodel_cli.trainer.arguments import training_arguments
+    from bigmodel_cli.trainer.trainer import CountingTrainer
+
+    for name, value in launch.items():
+        monkeypatch.setenv(name, value)
+    args = training_arguments(training(**values, eval_strategy="no"), tmp_path, quiet=True)
+    config = BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8)
+    trainer = CountingTrainer(model=BertForSequenceClassification(config), args=args)
+    assert args.mixed_precision == trainer.accelerator.mixed_precision == precision
+    assert str(trainer.accelerator.state.dynamo_plugin.backend).split(".")[-1] == compiler
+    assert {name: os.environ[name] for name in launch} == launch  # the process's environment is left as it was
+
+
+@pytest.mark.parametrize("name, value, words", [
+    ("ACCELERATE_MIXED_PRECISION", "fp8", ["ACCELERATE_MIXED_PRECISION=fp8", "mixed_precision to bf16, fp16 or no"]),
+    ("ACCELERATE_DYNAMO_BACKEND", "AOT_EAGER", ["ACCELERATE_DYNAMO_BACKEND=aot_eager", "dynamo_backend to inductor or no"]),
+])
+def test_a_launch_setting_bigmodel_has_no_key_for_names_the_variable(monkeypatch, name, value, words):
+    from bigmodel_cli.recipe import load_recipe
+
+    monkeypatch.setenv(name, value)
     with pytest.raises(BigmodelError) as error:
         load_recipe("finetune", "finetune/mrpc")
-    assert "ACCELERATE_MIXED_PRECISION=fp8" in str(error.value) and "mixed_precision" in str(error.value)
+    for word in words:
+        assert word in str(error.value)
+
+
+@pytest.mark.parametrize("values, said", [({}, "cpu, fp32 |"), (dict(torch_compile=True), "cpu, fp32, torch.compile |"),
+                                          (dict(bf16=True), "cpu, bf16 autocast |")])
+def test_the_run_header_says_the_precision_and_compilation_the_run_has(tmp_path, capsys, values, said):
+    from transformers import TrainerControl, TrainerState
+
+    from bigmodel_cli.trainer.arguments import training_arguments
+    from bigmodel_cli.trainer.callbacks import RunHeader
+
+    args = training_arguments(training(**values, eval_strategy="no"), tmp_path)
+    config = BertConfig(vocab_size=30, hidden_size=8, num_hidden_layers=1, num_attention_heads=1, intermediate_size=8)
+    RunHeader("finetune", "data").on_train_begin(args, TrainerState(), TrainerControl(),
+                                                 model=BertForSequenceClassification(config))
+    assert said in capsys.readouterr().err.replace(f", {torch.get_num_threads()} threads", " |")

@@ -90,9 +90,10 @@ def training_arguments(training: TrainingSection, run_dir: Path, quiet: bool = F
     if world_size() > 1:
         extra.setdefault("ddp_find_unused_parameters", False)  # BERT uses every parameter: no extra graph walk
     kwargs.update(extra)
-    # The recipe's precision (the launch config's where the recipe set none: `recipe.launch_precision`) is
+    # The recipe's precision (the launch config's where the recipe set none: `recipe.launch_settings`) is
     # the run's. TrainingArguments reads the launch's from the environment and lets bf16/fp16 only raise it,
-    # so a recipe's fp32 trained in the launch config's bf16; it reads the recipe's here, the process keeps its own.
+    # so a recipe's fp32 trained in the launch config's bf16; it reads the recipe's here, the process keeps
+    # its own. (Compilation: `CountingTrainer._build_accelerator_args`.)
     with mock.patch.dict(os.environ, {LAUNCH_PRECISION: "bf16" if training.bf16 else "fp16" if training.fp16 else "no"}):
         return TrainingArguments(
             output_dir=str(run_dir),

@@ -133,6 +133,7 @@ class RunHeader(TrainerCallback):
         params = sum(p.numel() for p in model.parameters()) if model is not None else 0
         device = "cuda" if torch.cuda.is_available() and not args.use_cpu else "cpu"
         precision = "bf16 autocast" if args.bf16 else "fp16 autocast" if args.fp16 else "fp32"
+        precision += ", torch.compile" if args.torch_compile else ""
         budget = self.budget
         steps = f"until the {budget.seconds:g} s budget runs out" if budget else f"{state.max_steps} steps"
         name = type(model).__name__.removeprefix("SparseHead")  # saved as the plain class

@@ -47,6 +47,17 @@ class CountingTrainer(AtomicCheckpoints, SeededSampling, Trainer):
         self.window: tuple[float, ...] | None = None
         self.add_callback(FiniteLossCheck(self))
 
+    def _build_accelerator_args(self, **kwargs) -> dict:
+        """Accelerate compiles as the recipe says (`training.torch_compile`, the launch config's
+        dynamo_backend where the recipe named none: `recipe.launch_settings`). Given no backend, it took
+        the launch's from the environment, and a recipe's torch_compile: false compiled."""
+        args = super()._build_accelerator_args(**kwargs)
+        if not self.args.torch_compile:
+            from accelerate.utils import TorchDynamoPlugin
+
+            args["dynamo_plugin"] = TorchDynamoPlugin(backend="no")
+        return args
+
     def training_step(self, model, inputs, num_items_in_batch=None):
         if self.window is None:  # the first window starts with the first step (and shows its warm-up)
             self.window = (time.perf_counter(), 0.0, 0.0, 0.0, self.aside_seconds)  # nothing counted yet
