@@ -97,10 +97,11 @@ def prepare_run_dir(run_dir: Path, recipe: Section, overwrite: bool) -> Path | N
             )
         elif {p.name for p in run_dir.iterdir()} == {RECIPE_FILE}:
             pass  # a run that stopped before any work (bad input found after the folder was made): start afresh
-        elif read_saved_recipe(run_dir, _kind(recipe)) != recipe:
+        elif (saved := read_saved_recipe(run_dir, _kind(recipe))) != recipe:
+            changed = f" ({recipe_changes(saved, recipe)})" if saved is not None else ""
             raise BigmodelError(
-                f"--output-dir {run_dir} holds an unfinished run of a different recipe; pass --overwrite "
-                "to replace it or choose another --output-dir"
+                f"--output-dir {run_dir} holds an unfinished run of a different recipe{changed}; run the same "
+                "recipe to resume it, pass --overwrite to replace it or choose another --output-dir"
             )
         else:
             dropped = drop_partial_checkpoints(run_dir)
@@ -116,6 +117,23 @@ def prepare_run_dir(run_dir: Path, recipe: Section, overwrite: bool) -> Path | N
     except OSError as e:
         raise BigmodelError(f"cannot write to --output-dir {run_dir} ({e.strerror}); choose a writable folder") from None
     return None
+
+
+def recipe_changes(saved: Section, now: Section, most: int = 3) -> str:
+    """The values in which two recipes differ, by their dotted keys: `training.bf16 true there, false
+    now`, the first `most` of them in key order and how many more."""
+
+    def flat(tree: dict, prefix: str = "") -> dict:
+        out = {}
+        for key, value in tree.items():
+            out.update(flat(value, f"{prefix}{key}.") if isinstance(value, dict) else {f"{prefix}{key}": value})
+        return out
+
+    there, here = flat(saved.model_dump(mode="json")), flat(now.model_dump(mode="json"))
+    changed = [f"{key} {json.dumps(there.get(key))} there, {json.dumps(here.get(key))} now"
+               for key in sorted(there.keys() | here.keys()) if there.get(key) != here.get(key)]
+    more = f"; and {len(changed) - most} more" if len(changed) > most else ""
+    return "; ".join(changed[:most]) + more
 
 
 def _kind(recipe: Section) -> str:

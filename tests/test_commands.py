@@ -137,3 +137,31 @@ def test_every_training_log_of_a_run_says_its_speed(pretrained):
     logged = [e for e in json.loads((pretrained / "trainer_state.json").read_text())["log_history"] if "loss" in e]
     assert logged and all(e["tokens_per_second"] > 0 and e["examples_per_second"] > 0 for e in logged), logged
     assert all(e["tokens_per_second"] > e["examples_per_second"] for e in logged)  # lines of several tokens each
+
+
+def test_an_unfinished_run_of_another_recipe_is_refused_with_the_keys_that_differ(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    first = run_cli("pretrain", "-r", "pretrain/tiny-debug", "-o", run_dir, "-q", "--set", "training.max_steps=2",
+                    "--set", "training.save_steps=1", timeout=120)
+    assert first.returncode == 0, first.stderr[-1500:]
+    (run_dir / "metrics.json").unlink()  # as if killed before its end: checkpoints and its recipe stay
+    kept = sorted(p.name for p in run_dir.iterdir())
+    again = run_cli("pretrain", "-r", "pretrain/tiny-debug", "-o", run_dir, "--set", "training.max_steps=3",
+                    "--set", "training.save_steps=1", timeout=120)
+    assert again.returncode == 2, again.stderr[-1500:]
+    message = again.stderr.strip().splitlines()[-1]
+    assert "holds an unfinished run of a different recipe (training.max_steps 2 there, 3 now)" in message, message
+    assert "Traceback" not in again.stderr and sorted(p.name for p in run_dir.iterdir()) == kept
+
+
+
+def test_recipe_changes_name_the_first_keys_and_count_the_rest():
+    from bigmodel_cli.recipe import FinetuneRecipe
+    from bigmodel_cli.rundir import recipe_changes
+
+    saved = FinetuneRecipe.model_validate({"data": {"task": "mrpc"}})
+    now = FinetuneRecipe.model_validate({"data": {"task": "rte"}, "training": {
+        "bf16": True, "seed": 7, "learning_rate": 1e-4, "report_to": ["none"]}})
+    assert recipe_changes(saved, now) == ('data.task "mrpc" there, "rte" now; training.bf16 false there, true now; '
+                                          "training.learning_rate 5e-05 there, 0.0001 now; and 2 more")
