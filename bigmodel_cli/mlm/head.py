@@ -82,7 +82,7 @@ def masked_lm(recipe: PretrainRecipe, tokenizer, checkpoint=None):
         raise model_error(name, e) from None
     head = {k for k in loading["missing_keys"] if not k.startswith(model.base_model_prefix + ".")}
     model.fresh_head = bool(head)  # read by the trainer: a fresh head warms up before the encoder trains
-    if any("pooler" in k.split(".") for k in loading["unexpected_keys"]):  # BERT's and RoBERTa's pooler
+    if any(map(is_pooler_key, loading["unexpected_keys"])):  # BERT's and RoBERTa's pooler
         keep_pooler(model, path)
     said = f"continued from {name}"
     return model, said + (", with a fresh MLM head tied to its embeddings" if head else ", its own MLM head")
@@ -112,14 +112,21 @@ def keep_pooler(model, path) -> None:
     import torch
 
     base = model.base_model
+    if not hasattr(base, "pooler"):  # a family without one: nothing to read
+        return
     weights = pooler_weights(path)
-    if not weights or not hasattr(base, "pooler"):
+    if not weights:
         return
     with torch.device("meta"):  # the family's own pooler class and shape, no memory, no initialisation
         pooler = type(base)(base.config, add_pooling_layer=True).pooler
     dtype = base.get_input_embeddings().weight.dtype  # the model's, whatever the file holds
     pooler.load_state_dict({name: tensor.to(dtype) for name, tensor in weights.items()}, assign=True)
     model.base_model.pooler = pooler.requires_grad_(False)
+
+
+def is_pooler_key(key: str) -> bool:
+    """Whether a checkpoint's tensor name is its pooler's (`pooler.dense.weight`, `bert.pooler...`)."""
+    return "pooler" in key.split(".")
 
 
 def pooler_weights(path) -> dict:
@@ -130,18 +137,16 @@ def pooler_weights(path) -> dict:
     from safetensors import safe_open
     from transformers.utils import cached_file
 
-    def pooled(key: str) -> bool:
-        return "pooler" in key.split(".")
-
     index = cached_file(path, "model.safetensors.index.json", _raise_exceptions_for_missing_entries=False)
     if index:
-        files = sorted({file for key, file in json.loads(Path(index).read_text())["weight_map"].items() if pooled(key)})
+        files = sorted({file for key, file in json.loads(Path(index).read_text())["weight_map"].items()
+                        if is_pooler_key(key)})
     else:
         files = ["model.safetensors"]
     weights = {}
     for name in files:
         with safe_open(cached_file(path, name), framework="pt") as f:
-            for key in filter(pooled, f.keys()):
+            for key in filter(is_pooler_key, f.keys()):
                 weights[key.split("pooler.", 1)[1]] = f.get_tensor(key)
     return weights
 
