@@ -434,14 +434,14 @@ def nccl_section(run: GpuRun) -> dict:
 
 
 # Ours alone with one setting changed, against the section that ran it at its default: whether bf16
-# pays for fine-tuning, whether torch.compile pays, whether loader workers (BERT-base has two, BERT-tiny
-# none), device-side masks and bucketed batches pay, whether evaluation wants larger batches on a GPU.
+# pays for fine-tuning, whether torch.compile pays, whether two loader workers (neither recipe has
+# any), device-side masks and bucketed batches pay, whether evaluation wants larger batches on a GPU.
 # name: (what runs, the overrides, the section compared with)
 VARIANTS = {
     "finetune_bf16": ("finetune", ("training.bf16=true",), "finetune"),
     "pretrain_base_compiled": ("pretrain_base", ("training.torch_compile=true",), "pretrain_base"),
     "finetune_compiled": ("finetune", ("training.torch_compile=true",), "finetune"),
-    "pretrain_base_no_workers": ("pretrain_base", ("training.dataloader_num_workers=0",), "pretrain_base"),
+    "pretrain_base_workers": ("pretrain_base", ("training.dataloader_num_workers=2",), "pretrain_base"),
     "pretrain_tiny_host_masks": ("pretrain_tiny", ("data.mask_on_device=false",), "pretrain_tiny"),
     "pretrain_tiny_workers": ("pretrain_tiny", ("training.dataloader_num_workers=2",), "pretrain_tiny"),
     "finetune_unbucketed": ("finetune", ("data.pad_to_buckets=false",), "finetune"),
@@ -638,7 +638,7 @@ def main() -> None:
     parser.add_argument("--dry-run", action="store_true", help="with --gpu: the same sections on any device, seconds "
                         "each, to check the script before a GPU's time is spent")
     parser.add_argument("--sections", default="main", help="with --gpu: main (against the peers), variants (ours with "
-                        "bf16, torch.compile, no loader workers, host masks, no buckets, eval batch 256), all, or names, comma-separated")
+                        "bf16, torch.compile, two loader workers, host masks, no buckets, eval batch 256), all, or names, comma-separated")
     parser.add_argument("--deadline", type=float, default=None, help="with --gpu: seconds; skip a section that is "
                         "expected to end after it (the results so far are in --out after every section)")
     parser.add_argument("--keep", action="store_true", help="with --gpu: keep the sections already in --out (same "

@@ -126,3 +126,18 @@ def test_training_with_device_masks_equals_training_with_host_masks(tmp_path, pr
     for key in ("train_loss", "eval_loss", "train_masked_tokens", "train_real_tokens"):
         assert device[key] == pytest.approx(host[key], rel=1e-5), key
     assert all(torch.allclose(device_weights[k], host_weights[k], atol=1e-5) for k in host_weights)
+
+
+@pytest.mark.unit
+def test_a_loader_worker_gets_the_collator_without_its_device_tables():
+    """The tables a collator caches where it drew (the GPU's, under `DeviceMasks`) stay in the training
+    process: a loader worker given them would share CUDA memory across processes."""
+    import pickle
+
+    collator = MLMCollator(FakeTokenizer(), on_device=True)
+    batch = collator([row([A, B], [0, 1]), row([B], [2])])
+    DeviceMasks(collator)(batch)
+    assert collator._tables  # cached where the masks were drawn
+    copy = pickle.loads(pickle.dumps(collator))
+    assert copy._tables == {} and copy.seed == collator.seed and copy.on_device
+    assert torch.equal(DeviceMasks(copy)(batch)["input_ids"], DeviceMasks(collator)(batch)["input_ids"])

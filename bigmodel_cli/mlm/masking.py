@@ -158,6 +158,11 @@ class MLMCollator:
         self.epoch = 0
         self._tables: dict = {}
 
+    def __getstate__(self) -> dict:
+        """What a loader worker gets: the tables cached on a GPU stay behind (a worker would share them
+        through CUDA's inter-process handles, or start CUDA of its own)."""
+        return {**self.__dict__, "_tables": {}}
+
     def key(self) -> int:
         """This epoch's key of the collator's stream."""
         return derive_seed(self.seed, self.stream, self.epoch)
