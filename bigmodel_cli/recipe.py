@@ -178,6 +178,7 @@ class CorpusSection(Section):
     max_eval_samples: int | None = Field(None, ge=1)
     packing: bool = True  # put several lines in one sequence (block-diagonal attention, exact)
     whole_word_masking: bool = False  # mask all pieces of a word together (WordPiece ## or byte-level BPE words)
+    preprocessing_num_workers: int | None = Field(None, ge=1)  # processes that tokenize; null: the machine's cores
     # draw the training masks on the device (the same masks as on the host, no host work per line);
     # null: on a GPU only
     mask_on_device: bool | None = None

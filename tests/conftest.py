@@ -5,6 +5,7 @@ from __future__ import annotations
 import os
 import subprocess
 import sys
+import tempfile
 from pathlib import Path
 
 import pytest
@@ -12,6 +13,7 @@ import pytest
 os.environ["HF_HUB_OFFLINE"] = "1"
 os.environ["HF_DATASETS_OFFLINE"] = "1"
 os.environ["TOKENIZERS_PARALLELISM"] = "false"
+os.environ["BIGMODEL_CACHE"] = tempfile.mkdtemp(prefix="bigmodel-test-cache-")  # prepared corpora: never the user's
 
 ROOT = Path(__file__).resolve().parent.parent
 TINY = ROOT / "recipes" / "data"

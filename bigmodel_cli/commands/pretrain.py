@@ -62,9 +62,9 @@ def run(recipe: PretrainRecipe, run_dir: Path, resume_from: Path | None = None, 
         checkpoint = checkpoint_config(recipe) if recipe.model.name_or_path else None  # read once
         # packing and the sparse head are BERT's; other families: one line per row, the stock head
         bert = (checkpoint.model_type if checkpoint else recipe.model.type) == "bert"
-        train_rows, eval_rows = tokenize_corpus(recipe, tokenizer, raw, packing=recipe.data.packing and bert)
+        (train_rows, eval_rows), cached = tokenize_corpus(recipe, tokenizer, raw, packing=recipe.data.packing and bert)
     model, origin = masked_lm(recipe, tokenizer, checkpoint)
-    notes = [origin, speedups(model)]
+    notes = [origin, speedups(model), "rows from the cache" if cached else "rows prepared and cached"]
     fresh = getattr(model, "fresh_head", False)
     if fresh and recipe.model.fresh_head_warmup:
         notes.append(f"the fresh head trains alone for the first {recipe.model.fresh_head_warmup:.0%} of the run")

@@ -5,11 +5,20 @@
   several examples rather than truncated (truncation dropped ~29 % of WikiText's tokens).
 - `pack`: several lines share one sequence; the collator gives each its own block of the attention
   mask and its own positions, so every line still sees only itself (exact, no cross-talk).
+- `tokenize_corpus`: both, once per corpus and settings: the rows are written with Arrow and numpy
+  (no token id becomes a Python object), cached on disk and memory-mapped by every later run.
 """
 
 from __future__ import annotations
 
 import bisect
+import hashlib
+import json
+import os
+import shutil
+from pathlib import Path
+
+import numpy as np
 
 from bigmodel_cli.errors import BigmodelError
 from bigmodel_cli.files import check_text_file
@@ -71,50 +80,177 @@ def tokenize_lines(dataset, tokenizer, max_seq_length: int, num_proc: int | None
     data = dataset.map(
         encode, batched=True, remove_columns=dataset.column_names, num_proc=num_proc, desc="tokenizing"
     )
-    return data.add_column("example_id", list(range(len(data))))
+    return data.add_column("example_id", np.arange(len(data), dtype=np.int64))
 
 
-def pack(lengths: list[int], capacity: int) -> list[list[int]]:
+def pack(lengths, capacity: int) -> list[list[int]]:
     """Best-fit-decreasing bin packing: indices of examples grouped so that each group's lengths
-    sum to at most `capacity`. Deterministic."""
-    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
-    free: list[tuple[int, int]] = []  # (space left, bin index), sorted
-    bins: list[list[int]] = []
-    for i in order:
-        n = lengths[i]
-        at = bisect.bisect_left(free, (n, -1))
-        if at < len(free):
-            space, b = free.pop(at)
-            bins[b].append(i)
-            if space - n > 0:
-                bisect.insort(free, (space - n, b))
+    sum to at most `capacity`. Deterministic: the longest example first (ties: the first), each into
+    the bin with the least space that holds it (ties: the oldest bin)."""
+    order, sizes = pack_order(np.asarray(lengths, dtype=np.int64), capacity)
+    members = order.tolist()
+    starts = np.concatenate([[0], np.cumsum(sizes)]).tolist()
+    return [members[a:b] for a, b in zip(starts[:-1], starts[1:])]
+
+
+def pack_order(lengths: np.ndarray, capacity: int) -> tuple[np.ndarray, np.ndarray]:
+    """`pack`'s bins as two arrays: every example index, bin by bin (each bin's in the order placed),
+    and each bin's size. The loop holds only integers: bins waiting for more are kept per space left
+    (a heap of bin numbers for each space, and the sorted spaces that have any), so each example
+    costs a bisect over at most `capacity` spaces and a heap operation."""
+    import heapq
+
+    order = np.lexsort((np.arange(len(lengths)), -lengths))  # longest first, ties by index
+    waiting: dict[int, list[int]] = {}  # space left -> heap of bin numbers with that space
+    spaces: list[int] = []  # the spaces that have a waiting bin, sorted
+    bin_of = np.empty(len(lengths), dtype=np.int64)
+    bins = 0
+    for i, n in zip(order.tolist(), lengths[order].tolist()):
+        at = bisect.bisect_left(spaces, n)
+        if at < len(spaces):
+            space = spaces[at]
+            heap = waiting[space]
+            b = heapq.heappop(heap)
+            if not heap:
+                spaces.pop(at)
+                del waiting[space]
         else:
-            bins.append([i])
-            if capacity - n > 0:
-                bisect.insort(free, (capacity - n, len(bins) - 1))
-    return bins
+            b, space, bins = bins, capacity, bins + 1
+        bin_of[i] = b
+        left = space - n
+        if left > 0:
+            if left not in waiting:
+                waiting[left] = []
+                bisect.insort(spaces, left)
+            heapq.heappush(waiting[left], b)
+    placed = np.argsort(bin_of[order], kind="stable")  # bin by bin, each in the order its examples came
+    return order[placed], np.bincount(bin_of, minlength=bins)
 
 
-def packed_dataset(examples, max_seq_length: int, packing: bool):
-    """Rows of one or more examples: `input_ids` (concatenated), `lengths` and `example_ids`."""
+SHARD_EXAMPLES = 1_000_000  # examples packed at a time: memory stays flat however long the corpus
+
+
+def packed_dataset(examples, max_seq_length: int, packing: bool, path: Path | None = None):
+    """Rows of one or more examples: `input_ids` (concatenated), `lengths` and `example_ids`, in the
+    corpus order of each row's first example (the sampler shuffles). Built with Arrow and numpy shard
+    by shard (no token id becomes a Python object) and written to `path`, from which the rows are
+    memory-mapped (in memory when `path` is None: a held-out file scored once)."""
+    import pyarrow as pa
+    from datasets import Dataset
+    from datasets.table import InMemoryTable
+
+    table = examples.data.table if hasattr(examples.data, "table") else examples.data
+    if examples._indices is not None:  # a selection: its rows in order, as a plain table
+        table = examples.flatten_indices().data.table
+    ids_column, eid_column = table.column("input_ids"), table.column("example_id")
+    schema = pa.schema([("input_ids", pa.list_(ids_column.type.value_type)), ("lengths", pa.list_(pa.int64())),
+                        ("example_ids", pa.list_(pa.int64()))])
+    batches = row_batches(ids_column, eid_column, max_seq_length, packing, schema)
+    if path is None:
+        return Dataset(InMemoryTable(pa.Table.from_batches(list(batches), schema=schema)))
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, schema) as writer:
+        for batch in batches:
+            writer.write_batch(batch)
+    return Dataset.from_file(str(path))
+
+
+def row_batches(ids_column, eid_column, max_seq_length: int, packing: bool, schema):
+    """`packed_dataset`'s rows as Arrow record batches, one per shard of `SHARD_EXAMPLES` examples."""
+    import pyarrow as pa
+    import pyarrow.compute as pc
+
+    for start in range(0, max(len(ids_column), 1), SHARD_EXAMPLES):
+        ids = ids_column.slice(start, SHARD_EXAMPLES).combine_chunks()
+        eids = eid_column.slice(start, SHARD_EXAMPLES).to_numpy()
+        lengths = pc.list_value_length(ids).to_numpy(zero_copy_only=False).astype(np.int64)
+        if packing:
+            members, sizes = pack_order(lengths, max_seq_length)
+        else:
+            members, sizes = np.arange(len(lengths)), np.ones(len(lengths), dtype=np.int64)
+        bounds = np.concatenate([[0], np.cumsum(sizes)])
+        firsts = np.minimum.reduceat(eids[members], bounds[:-1]) if len(members) else members
+        rank = np.empty(len(sizes), dtype=np.int64)
+        rank[np.argsort(firsts, kind="stable")] = np.arange(len(sizes))  # each row's place in corpus order
+        members = members[np.argsort(np.repeat(rank, sizes), kind="stable")]  # row by row in that order
+        ordered = np.empty_like(sizes)
+        ordered[rank] = sizes
+        sizes = ordered
+        bounds = np.concatenate([[0], np.cumsum(sizes)])
+        member_lengths = lengths[members]
+        tokens = pc.take(ids, pa.array(members)).flatten()
+        token_bounds = np.concatenate([[0], np.cumsum(member_lengths)])[bounds]
+        offsets = pa.array(bounds.astype(np.int32))
+        yield pa.record_batch([
+            pa.ListArray.from_arrays(pa.array(token_bounds.astype(np.int32)), tokens),
+            pa.ListArray.from_arrays(offsets, pa.array(member_lengths)),
+            pa.ListArray.from_arrays(offsets, pa.array(eids[members].astype(np.int64))),
+        ], schema=schema)
+
+
+CACHE_FORMAT = 1  # raised when the rows' layout changes: older caches are then never read
+
+
+def cache_root() -> Path:
+    """Where prepared corpora are kept: `$BIGMODEL_CACHE`, else `~/.cache/bigmodel`."""
+    return Path(os.environ.get("BIGMODEL_CACHE") or Path.home() / ".cache" / "bigmodel").expanduser()
+
+
+def file_identity(path: str) -> list:
+    """A file as the cache knows it: its absolute path, size and modification time (a changed file
+    makes a new cache, never a stale one)."""
+    stat = Path(path).stat()
+    return [str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns]
+
+
+def rows_key(recipe: PretrainRecipe, tokenizer, raw, packing: bool) -> str:
+    """Everything that decides the training and held-out rows, hashed: the corpus files (or the hub
+    data set's cached files), the tokenizer, the row length, packing and the held-out split."""
+    data = recipe.data
+    if data.train_files:
+        corpus = {"train": [file_identity(f) for f in data.train_files], "eval": [file_identity(f) for f in data.eval_files]}
+    else:
+        corpus = {"hub": [data.dataset_name, data.dataset_config_name],
+                  "files": [file_identity(c["filename"]) for split in raw.values() for c in split.cache_files]}
+    decided = {
+        "format": CACHE_FORMAT, "corpus": corpus, "max_seq_length": data.max_seq_length, "packing": packing,
+        "held_out": [data.validation_split_percentage, recipe.training.seed, data.max_train_samples, data.max_eval_samples],
+        "tokenizer": hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest(),
+        "specials": [tokenizer.cls_token_id, tokenizer.sep_token_id],
+    }
+    return hashlib.sha256(json.dumps(decided, sort_keys=True).encode()).hexdigest()[:24]
+
+
+def preprocessing_processes(recipe: PretrainRecipe, lines: int) -> int:
+    """`data.preprocessing_num_workers`, or the machine's cores; at most one per 50 000 lines (fewer
+    are not worth starting a process for)."""
+    wanted = recipe.data.preprocessing_num_workers or os.cpu_count() or 1
+    return max(1, min(wanted, lines // 50_000))
+
+
+def tokenize_corpus(recipe: PretrainRecipe, tokenizer, raw, packing: bool) -> tuple[list, bool]:
+    """Lines -> examples (long lines split, not dropped) -> rows (packed when `packing`), memory-mapped
+    from the cache (`cache_root()/rows/KEY`), which is made on the first run and read by every later
+    one with the same corpus and settings. Returns ([train rows, held-out rows], whether they came
+    from the cache)."""
     from datasets import Dataset
 
-    ids, eids = examples["input_ids"], examples["example_id"]
-    groups = pack([len(x) for x in ids], max_seq_length) if packing else [[i] for i in range(len(ids))]
-    groups.sort(key=lambda g: min(eids[i] for i in g))  # keep corpus order; the sampler shuffles
-    return Dataset.from_dict(
-        {
-            "input_ids": [[t for i in g for t in ids[i]] for g in groups],
-            "lengths": [[len(ids[i]) for i in g] for g in groups],
-            "example_ids": [[eids[i] for i in g] for g in groups],
-        }
-    )
-
-
-def tokenize_corpus(recipe: PretrainRecipe, tokenizer, raw, packing: bool):
-    """Lines -> examples (long lines split, not dropped) -> rows (packed when `packing`)."""
+    folder = cache_root() / "rows" / rows_key(recipe, tokenizer, raw, packing)
+    splits = ("train", "validation")
+    if (folder / "complete").is_file():
+        return [Dataset.from_file(str(folder / f"{split}.arrow")) for split in splits], True
+    staging = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
+    shutil.rmtree(staging, ignore_errors=True)
     rows = []
-    for split in ("train", "validation"):
-        examples = tokenize_lines(raw[split], tokenizer, recipe.data.max_seq_length)
-        rows.append(packed_dataset(examples, recipe.data.max_seq_length, packing))
-    return rows
+    for split in splits:
+        examples = tokenize_lines(raw[split], tokenizer, recipe.data.max_seq_length,
+                                  preprocessing_processes(recipe, len(raw[split])))
+        rows.append(packed_dataset(examples, recipe.data.max_seq_length, packing, staging / f"{split}.arrow"))
+    (staging / "complete").write_text("")
+    try:
+        staging.rename(folder)  # whole or not at all; another process may have finished first
+    except OSError:
+        shutil.rmtree(staging, ignore_errors=True)
+        if not (folder / "complete").is_file():
+            raise
+    return [Dataset.from_file(str(folder / f"{split}.arrow")) for split in splits], False

@@ -17,7 +17,7 @@ from __future__ import annotations
 import json
 import os
 import shutil
-from collections.abc import Iterable, Sequence
+from collections.abc import Iterator
 from pathlib import Path
 
 from bigmodel_cli.errors import BigmodelError
@@ -27,19 +27,35 @@ MAX_UNKNOWN_RATE = 0.2  # a tokenizer that maps more of the corpus than this to 
 SPECIAL_TOKENS = ["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]"]
 
 
-def continuing_pieces(tok, lines: Iterable[str]) -> list[str]:
+BATCH_LINES = 1000  # lines handed to the tokenizer trainer at a time
+
+
+def line_batches(lines) -> Iterator[list[str]]:
+    """The corpus in batches of lines, never all at once: a data set's `text` column read batch by
+    batch from its Arrow files, or a list of lines sliced."""
+    if hasattr(lines, "iter"):  # a datasets.Dataset
+        for batch in lines.iter(batch_size=BATCH_LINES):
+            yield batch["text"]
+    else:
+        for start in range(0, len(lines), BATCH_LINES):
+            yield list(lines[start:start + BATCH_LINES])
+
+
+def continuing_pieces(tok, lines) -> list[str]:
     """`##c` for every character c that follows another inside a pre-tokenized word, sorted."""
     normalize, split = tok.normalizer.normalize_str, tok.pre_tokenizer.pre_tokenize_str
     found: set[str] = set()
-    for line in lines:
-        for word, _ in split(normalize(line)):
-            found.update(word[1:])
+    for batch in line_batches(lines):
+        for line in batch:
+            for word, _ in split(normalize(line)):
+                found.update(word[1:])
     return [f"##{c}" for c in sorted(found)]
 
 
-def train_wordpiece(lines: Sequence[str], vocab_size: int, lowercase: bool, min_frequency: int, show_progress=True):
+def train_wordpiece(lines, vocab_size: int, lowercase: bool, min_frequency: int, show_progress=True):
     """A BERT-style WordPiece tokenizer (BERT normalizer and pre-tokenizer, [CLS]/[SEP] template),
-    the same for the same lines in every process."""
+    the same for the same lines in every process. `lines`: a list of lines or a data set with a
+    `text` column, streamed to the trainer in batches (`line_batches`)."""
     from tokenizers import Tokenizer, decoders, models, normalizers, pre_tokenizers, processors, trainers
     from transformers import BertTokenizerFast
 
@@ -51,7 +67,7 @@ def train_wordpiece(lines: Sequence[str], vocab_size: int, lowercase: bool, min_
         vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIAL_TOKENS + pieces,
         show_progress=show_progress,
     )
-    tok.train_from_iterator(lines, trainer=trainer, length=len(lines))
+    tok.train_from_iterator(line_batches(lines), trainer=trainer, length=len(lines))
     saved = json.loads(tok.to_str())  # the pieces were special only to fix their ids: plain vocabulary again
     saved["added_tokens"] = [t for t in saved["added_tokens"] if t["content"] in SPECIAL_TOKENS]
     tok = Tokenizer.from_str(json.dumps(saved))
@@ -80,7 +96,7 @@ BPE_SPECIALS = {  # the special tokens of each byte-level BPE family, in id orde
 }
 
 
-def train_byte_level_bpe(lines: Sequence[str], family: str, vocab_size: int, lowercase: bool, min_frequency: int,
+def train_byte_level_bpe(lines, family: str, vocab_size: int, lowercase: bool, min_frequency: int,
                          show_progress=True):
     """A byte-level BPE tokenizer (GPT-2's byte alphabet: no unknown tokens) with the family's special
     tokens and template: RoBERTa's `<s> A </s></s> B </s>`, ModernBERT's `[CLS] A [SEP] B [SEP]`. The BPE
@@ -96,7 +112,7 @@ def train_byte_level_bpe(lines: Sequence[str], family: str, vocab_size: int, low
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=show_progress)
-    tok.train_from_iterator(lines, trainer=trainer, length=len(lines))
+    tok.train_from_iterator(line_batches(lines), trainer=trainer, length=len(lines))
     if family == "roberta":
         bos, pad, eos, unk, mask = specials
         tok.post_processor = processors.RobertaProcessing((eos, tok.token_to_id(eos)), (bos, tok.token_to_id(bos)))
@@ -110,7 +126,7 @@ def train_byte_level_bpe(lines: Sequence[str], family: str, vocab_size: int, low
                                    mask_token=mask)
 
 
-def train_tokenizer(family: str, lines: Sequence[str], vocab_size: int, lowercase: bool, min_frequency: int,
+def train_tokenizer(family: str, lines, vocab_size: int, lowercase: bool, min_frequency: int,
                     show_progress=True):
     """The tokenizer a new model of `family` trains on the corpus: WordPiece for bert, byte-level BPE else."""
     if family == "bert":
@@ -142,7 +158,8 @@ def get_tokenizer(recipe: PretrainRecipe, train_lines, run_dir: Path):
         except (OSError, ValueError) as e:
             raise BigmodelError(f"tokenizer.name_or_path '{source}' is not a tokenizer ({e.__class__.__name__})") from None
     else:
-        trained = train_tokenizer(recipe.model.type, train_lines["text"], spec.vocab_size, spec.lowercase, spec.min_frequency)
+        lines = train_lines.select_columns(["text"])  # streamed from its Arrow files in batches
+        trained = train_tokenizer(recipe.model.type, lines, spec.vocab_size, spec.lowercase, spec.min_frequency)
         save_tokenizer(trained, run_dir)
         # Used as loaded back, as a resumed run uses it: both then write the very same files at the end.
         tokenizer = AutoTokenizer.from_pretrained(str(run_dir))

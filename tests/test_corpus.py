@@ -1,0 +1,122 @@
+"""Real corpora: rows packed with Arrow and numpy equal the reference packing, the tokenizer trained
+from a stream of batches equals the one trained from a list of lines, and prepared rows are cached
+by everything that decides them (a changed file or setting makes new ones, never stale ones)."""
+
+from __future__ import annotations
+
+import bisect
+import random
+import shutil
+
+import pytest
+from conftest import TINY, run_cli
+
+from bigmodel_cli.mlm import text
+from bigmodel_cli.mlm.text import pack, packed_dataset
+
+pytestmark = pytest.mark.unit
+
+
+def reference_pack(lengths: list[int], capacity: int) -> list[list[int]]:
+    """Best-fit decreasing as first written: a sorted list of (space left, bin) and bisect."""
+    order = sorted(range(len(lengths)), key=lambda i: (-lengths[i], i))
+    free: list[tuple[int, int]] = []
+    bins: list[list[int]] = []
+    for i in order:
+        n = lengths[i]
+        at = bisect.bisect_left(free, (n, -1))
+        if at < len(free):
+            space, b = free.pop(at)
+            bins[b].append(i)
+            if space - n > 0:
+                bisect.insort(free, (space - n, b))
+        else:
+            bins.append([i])
+            if capacity - n > 0:
+                bisect.insort(free, (capacity - n, len(bins) - 1))
+    return bins
+
+
+def reference_rows(ids: list[list[int]], capacity: int, packing: bool) -> dict:
+    """The rows as first built, in Python lists: groups in corpus order of their first example."""
+    groups = reference_pack([len(x) for x in ids], capacity) if packing else [[i] for i in range(len(ids))]
+    groups.sort(key=min)
+    return {"input_ids": [[t for i in g for t in ids[i]] for g in groups],
+            "lengths": [[len(ids[i]) for i in g] for g in groups], "example_ids": [list(g) for g in groups]}
+
+
+def examples_of(ids: list[list[int]]):
+    from datasets import Dataset
+
+    return Dataset.from_dict({"input_ids": ids}).add_column("example_id", list(range(len(ids))))
+
+
+@pytest.mark.parametrize("count,capacity", [(1, 16), (9, 16), (2000, 128), (5000, 64)])
+def test_packing_equals_the_reference_bin_for_bin_and_row_for_row(count, capacity, tmp_path):
+    rng = random.Random(count)
+    lengths = [rng.choice([rng.randint(3, 20), rng.randint(3, capacity)]) for _ in range(count)]
+    assert pack(lengths, capacity) == reference_pack(lengths, capacity)
+    ids = [[rng.randint(5, 99) for _ in range(n)] for n in lengths]
+    for packing in (True, False):
+        expected = reference_rows(ids, capacity, packing)
+        assert packed_dataset(examples_of(ids), capacity, packing).to_dict() == expected  # in memory
+        written = packed_dataset(examples_of(ids), capacity, packing, tmp_path / f"{packing}.arrow")
+        assert written.cache_files and written.to_dict() == expected  # memory-mapped from its file
+
+
+def test_shard_by_shard_every_example_is_placed_once_within_capacity(monkeypatch):
+    """Past `SHARD_EXAMPLES`, each shard is packed on its own: memory stays flat, the guarantees hold."""
+    monkeypatch.setattr(text, "SHARD_EXAMPLES", 97)
+    rng = random.Random(3)
+    ids = [[rng.randint(5, 99) for _ in range(rng.randint(2, 40))] for _ in range(1000)]
+    rows = packed_dataset(examples_of(ids), 64, True).to_dict()
+    placed = [e for row in rows["example_ids"] for e in row]
+    assert sorted(placed) == list(range(1000))
+    assert all(sum(lengths) <= 64 and sum(lengths) == len(row) for lengths, row in zip(rows["lengths"], rows["input_ids"]))
+    for row, lengths, eids in zip(rows["input_ids"], rows["lengths"], rows["example_ids"]):  # each line whole, in place
+        starts = [0, *[sum(lengths[:k + 1]) for k in range(len(lengths))]]
+        assert [row[a:b] for a, b in zip(starts, starts[1:])] == [ids[e] for e in eids]
+    firsts = [min(e) for e in rows["example_ids"]]
+    assert all(firsts[k] < firsts[k + 1] for k in range(len(firsts) - 1) if firsts[k] // 97 == firsts[k + 1] // 97)
+
+
+def test_the_tokenizer_trained_from_a_stream_of_batches_is_the_one_trained_from_a_list():
+    from datasets import Dataset
+
+    from bigmodel_cli.mlm.tokenizer import BATCH_LINES, train_wordpiece
+
+    lines = [line for line in (TINY / "tiny-corpus.txt").read_text().splitlines() if line.strip()]
+    lines = lines * (2 * BATCH_LINES // len(lines) + 1)  # several batches
+    listed = train_wordpiece(lines, vocab_size=300, lowercase=True, min_frequency=1, show_progress=False)
+    streamed = train_wordpiece(Dataset.from_dict({"text": lines}), vocab_size=300, lowercase=True, min_frequency=1,
+                               show_progress=False)
+    assert streamed.backend_tokenizer.to_str() == listed.backend_tokenizer.to_str()
+
+
+def header(result) -> str:
+    return next(line for line in result.stderr.splitlines() if line.startswith("bigmodel pretrain"))
+
+
+@pytest.mark.smoke
+def test_rows_come_from_the_cache_until_a_file_or_setting_changes(tmp_path):
+    corpus = tmp_path / "corpus.txt"
+    shutil.copy(TINY / "tiny-corpus.txt", corpus)
+    base = ["pretrain", "-r", "pretrain/tiny-debug", "--set", f"data.train_files=[{corpus}]", "--set",
+            "training.max_steps=2", "--set", "training.report_to=[none]", "--overwrite"]
+    env = {"BIGMODEL_CACHE": str(tmp_path / "cache")}
+
+    def run(*extra):
+        result = run_cli(*base, "-o", tmp_path / "run", *extra, env=env)
+        assert result.returncode == 0, result.stderr[-2000:]
+        return header(result)
+
+    assert "rows prepared and cached" in run()
+    assert "rows from the cache" in run()
+    folders = sorted((tmp_path / "cache" / "rows").iterdir())
+    assert len(folders) == 1 and (folders[0] / "complete").is_file() and not list(folders[0].parent.glob("*.tmp-*"))
+    assert "rows prepared and cached" in run("--set", "data.max_seq_length=48")  # a setting
+    assert "rows from the cache" in run("--set", "data.max_seq_length=48")
+    with corpus.open("a") as f:  # the file
+        f.write("one more line for the corpus\n")
+    assert "rows prepared and cached" in run()
+    assert len(list((tmp_path / "cache" / "rows").iterdir())) == 3
