@@ -139,9 +139,9 @@ def packed_dataset(examples, max_seq_length: int, packing: bool, path: Path | No
     from datasets import Dataset
     from datasets.table import InMemoryTable
 
-    table = examples.data.table if hasattr(examples.data, "table") else examples.data
     if examples._indices is not None:  # a selection: its rows in order, as a plain table
-        table = examples.flatten_indices().data.table
+        examples = examples.flatten_indices()
+    table = examples.data.table
     ids_column, eid_column = table.column("input_ids"), table.column("example_id")
     schema = pa.schema([("input_ids", pa.list_(ids_column.type.value_type)), ("lengths", pa.list_(pa.int64())),
                         ("example_ids", pa.list_(pa.int64()))])
@@ -170,12 +170,11 @@ def row_batches(ids_column, eid_column, max_seq_length: int, packing: bool, sche
             members, sizes = np.arange(len(lengths)), np.ones(len(lengths), dtype=np.int64)
         bounds = np.concatenate([[0], np.cumsum(sizes)])
         firsts = np.minimum.reduceat(eids[members], bounds[:-1]) if len(members) else members
+        by_first = np.argsort(firsts, kind="stable")  # the rows in corpus order
         rank = np.empty(len(sizes), dtype=np.int64)
-        rank[np.argsort(firsts, kind="stable")] = np.arange(len(sizes))  # each row's place in corpus order
+        rank[by_first] = np.arange(len(sizes))  # each row's place in that order
         members = members[np.argsort(np.repeat(rank, sizes), kind="stable")]  # row by row in that order
-        ordered = np.empty_like(sizes)
-        ordered[rank] = sizes
-        sizes = ordered
+        sizes = sizes[by_first]
         bounds = np.concatenate([[0], np.cumsum(sizes)])
         member_lengths = lengths[members]
         tokens = pc.take(ids, pa.array(members)).flatten()
@@ -241,11 +240,10 @@ def tokenize_corpus(recipe: PretrainRecipe, tokenizer, raw, packing: bool) -> tu
         return [Dataset.from_file(str(folder / f"{split}.arrow")) for split in splits], True
     staging = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
     shutil.rmtree(staging, ignore_errors=True)
-    rows = []
     for split in splits:
         examples = tokenize_lines(raw[split], tokenizer, recipe.data.max_seq_length,
                                   preprocessing_processes(recipe, len(raw[split])))
-        rows.append(packed_dataset(examples, recipe.data.max_seq_length, packing, staging / f"{split}.arrow"))
+        packed_dataset(examples, recipe.data.max_seq_length, packing, staging / f"{split}.arrow")
     (staging / "complete").write_text("")
     try:
         staging.rename(folder)  # whole or not at all; another process may have finished first
