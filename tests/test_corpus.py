@@ -1,6 +1,7 @@
 """Real corpora: rows packed with Arrow and numpy equal the reference packing, the tokenizer trained
-from a stream of batches equals the one trained from a list of lines, and prepared rows are cached
-by everything that decides them (a changed file or setting makes new ones, never stale ones)."""
+from a stream of batches equals the one trained from a list of lines, and trained tokenizers and
+prepared rows are cached by everything that decides them (a changed file or setting makes new
+ones, never stale ones)."""
 
 from __future__ import annotations
 
@@ -98,7 +99,7 @@ def header(result) -> str:
 
 
 @pytest.mark.smoke
-def test_rows_come_from_the_cache_until_a_file_or_setting_changes(tmp_path):
+def test_tokenizer_and_rows_come_from_the_cache_until_a_file_or_setting_changes(tmp_path):
     corpus = tmp_path / "corpus.txt"
     shutil.copy(TINY / "tiny-corpus.txt", corpus)
     base = ["pretrain", "-r", "pretrain/tiny-debug", "--set", f"data.train_files=[{corpus}]", "--set",
@@ -110,13 +111,22 @@ def test_rows_come_from_the_cache_until_a_file_or_setting_changes(tmp_path):
         assert result.returncode == 0, result.stderr[-2000:]
         return header(result)
 
-    assert "rows prepared and cached" in run()
-    assert "rows from the cache" in run()
+    first = run()
+    assert "tokenizer trained and cached" in first and "rows prepared and cached" in first
+    trained = (tmp_path / "run" / "tokenizer.json").read_bytes()
+    again = run()
+    assert "tokenizer from the cache" in again and "rows from the cache" in again
+    assert (tmp_path / "run" / "tokenizer.json").read_bytes() == trained  # the same files in the run directory
+    assert not (tmp_path / "run" / "complete").exists()
     folders = sorted((tmp_path / "cache" / "rows").iterdir())
     assert len(folders) == 1 and (folders[0] / "complete").is_file() and not list(folders[0].parent.glob("*.tmp-*"))
-    assert "rows prepared and cached" in run("--set", "data.max_seq_length=48")  # a setting
+    shorter = run("--set", "data.max_seq_length=48")  # a row setting: the tokenizer stays
+    assert "tokenizer from the cache" in shorter and "rows prepared and cached" in shorter
     assert "rows from the cache" in run("--set", "data.max_seq_length=48")
+    assert "tokenizer trained and cached" in run("--set", "tokenizer.vocab_size=280")  # a tokenizer setting
     with corpus.open("a") as f:  # the file
         f.write("one more line for the corpus\n")
-    assert "rows prepared and cached" in run()
-    assert len(list((tmp_path / "cache" / "rows").iterdir())) == 3
+    changed = run()
+    assert "tokenizer trained and cached" in changed and "rows prepared and cached" in changed
+    assert len(list((tmp_path / "cache" / "rows").iterdir())) == 4
+    assert len(list((tmp_path / "cache" / "tokenizers").iterdir())) == 3

@@ -58,13 +58,14 @@ def run(recipe: PretrainRecipe, run_dir: Path, resume_from: Path | None = None, 
     # run directory (on every machine the same folder: a shared filesystem, as Trainer's checkpoints need).
     with args.main_process_first(local=False, desc="tokenizer and data"):
         raw = load_corpus(recipe)
-        tokenizer = get_tokenizer(recipe, raw["train"], run_dir)
+        tokenizer, tokenizer_note = get_tokenizer(recipe, raw["train"], run_dir)
         checkpoint = checkpoint_config(recipe) if recipe.model.name_or_path else None  # read once
         # packing and the sparse head are BERT's; other families: one line per row, the stock head
         bert = (checkpoint.model_type if checkpoint else recipe.model.type) == "bert"
         (train_rows, eval_rows), cached = tokenize_corpus(recipe, tokenizer, raw, packing=recipe.data.packing and bert)
     model, origin = masked_lm(recipe, tokenizer, checkpoint)
-    notes = [origin, speedups(model), "rows from the cache" if cached else "rows prepared and cached"]
+    notes = [origin, speedups(model), *([tokenizer_note] if tokenizer_note else []),
+             "rows from the cache" if cached else "rows prepared and cached"]
     fresh = getattr(model, "fresh_head", False)
     if fresh and recipe.model.fresh_head_warmup:
         notes.append(f"the fresh head trains alone for the first {recipe.model.fresh_head_warmup:.0%} of the run")

@@ -13,15 +13,14 @@ from __future__ import annotations
 
 import bisect
 import hashlib
-import json
 import os
-import shutil
 from pathlib import Path
 
 import numpy as np
 
 from bigmodel_cli.errors import BigmodelError
 from bigmodel_cli.files import check_text_file
+from bigmodel_cli.mlm import cache
 from bigmodel_cli.recipe import PretrainRecipe
 from bigmodel_cli.seeds import derive_seed
 
@@ -187,37 +186,13 @@ def row_batches(ids_column, eid_column, max_seq_length: int, packing: bool, sche
         ], schema=schema)
 
 
-CACHE_FORMAT = 1  # raised when the rows' layout changes: older caches are then never read
-
-
-def cache_root() -> Path:
-    """Where prepared corpora are kept: `$BIGMODEL_CACHE`, else `~/.cache/bigmodel`."""
-    return Path(os.environ.get("BIGMODEL_CACHE") or Path.home() / ".cache" / "bigmodel").expanduser()
-
-
-def file_identity(path: str) -> list:
-    """A file as the cache knows it: its absolute path, size and modification time (a changed file
-    makes a new cache, never a stale one)."""
-    stat = Path(path).stat()
-    return [str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns]
-
-
-def rows_key(recipe: PretrainRecipe, tokenizer, raw, packing: bool) -> str:
-    """Everything that decides the training and held-out rows, hashed: the corpus files (or the hub
-    data set's cached files), the tokenizer, the row length, packing and the held-out split."""
-    data = recipe.data
-    if data.train_files:
-        corpus = {"train": [file_identity(f) for f in data.train_files], "eval": [file_identity(f) for f in data.eval_files]}
-    else:
-        corpus = {"hub": [data.dataset_name, data.dataset_config_name],
-                  "files": [file_identity(c["filename"]) for split in raw.values() for c in split.cache_files]}
-    decided = {
-        "format": CACHE_FORMAT, "corpus": corpus, "max_seq_length": data.max_seq_length, "packing": packing,
-        "held_out": [data.validation_split_percentage, recipe.training.seed, data.max_train_samples, data.max_eval_samples],
-        "tokenizer": hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest(),
-        "specials": [tokenizer.cls_token_id, tokenizer.sep_token_id],
-    }
-    return hashlib.sha256(json.dumps(decided, sort_keys=True).encode()).hexdigest()[:24]
+def rows_folder(recipe: PretrainRecipe, tokenizer, raw, packing: bool) -> Path:
+    """The cache folder of the training and held-out rows: the corpus and its split, the tokenizer,
+    the row length and packing decide them."""
+    return cache.folder_for("rows", {
+        "corpus": cache.corpus_identity(recipe, raw.values()), "max_seq_length": recipe.data.max_seq_length,
+        "packing": packing, "tokenizer": hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest(),
+        "specials": [tokenizer.cls_token_id, tokenizer.sep_token_id]})
 
 
 def preprocessing_processes(recipe: PretrainRecipe, lines: int) -> int:
@@ -229,26 +204,20 @@ def preprocessing_processes(recipe: PretrainRecipe, lines: int) -> int:
 
 def tokenize_corpus(recipe: PretrainRecipe, tokenizer, raw, packing: bool) -> tuple[list, bool]:
     """Lines -> examples (long lines split, not dropped) -> rows (packed when `packing`), memory-mapped
-    from the cache (`cache_root()/rows/KEY`), which is made on the first run and read by every later
+    from the cache (`cache.py`: `rows/KEY`), which is made on the first run and read by every later
     one with the same corpus and settings. Returns ([train rows, held-out rows], whether they came
     from the cache)."""
     from datasets import Dataset
 
-    folder = cache_root() / "rows" / rows_key(recipe, tokenizer, raw, packing)
+    folder = rows_folder(recipe, tokenizer, raw, packing)
     splits = ("train", "validation")
-    if (folder / "complete").is_file():
-        return [Dataset.from_file(str(folder / f"{split}.arrow")) for split in splits], True
-    staging = folder.with_name(f"{folder.name}.tmp-{os.getpid()}")
-    shutil.rmtree(staging, ignore_errors=True)
-    for split in splits:
-        examples = tokenize_lines(raw[split], tokenizer, recipe.data.max_seq_length,
-                                  preprocessing_processes(recipe, len(raw[split])))
-        packed_dataset(examples, recipe.data.max_seq_length, packing, staging / f"{split}.arrow")
-    (staging / "complete").write_text("")
-    try:
-        staging.rename(folder)  # whole or not at all; another process may have finished first
-    except OSError:
-        shutil.rmtree(staging, ignore_errors=True)
-        if not (folder / "complete").is_file():
-            raise
-    return [Dataset.from_file(str(folder / f"{split}.arrow")) for split in splits], False
+    cached = cache.is_complete(folder)
+    if not cached:
+        def fill(staging: Path) -> None:
+            for split in splits:
+                examples = tokenize_lines(raw[split], tokenizer, recipe.data.max_seq_length,
+                                          preprocessing_processes(recipe, len(raw[split])))
+                packed_dataset(examples, recipe.data.max_seq_length, packing, staging / f"{split}.arrow")
+
+        cache.build(folder, fill)
+    return [Dataset.from_file(str(folder / f"{split}.arrow")) for split in splits], cached

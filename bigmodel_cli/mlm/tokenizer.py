@@ -21,6 +21,7 @@ from collections.abc import Iterator
 from pathlib import Path
 
 from bigmodel_cli.errors import BigmodelError
+from bigmodel_cli.mlm import cache
 from bigmodel_cli.recipe import PretrainRecipe
 
 MAX_UNKNOWN_RATE = 0.2  # a tokenizer that maps more of the corpus than this to [UNK] does not fit it
@@ -143,12 +144,16 @@ def unknown_rate(tokenizer, lines: list[str]) -> float:
     return unk / max(total, 1)
 
 
-def get_tokenizer(recipe: PretrainRecipe, train_lines, run_dir: Path):
-    """The recipe's tokenizer, or a WordPiece one trained on the training lines (saved in the run
-    directory, so a resumed run and every other process reuse it)."""
+def get_tokenizer(recipe: PretrainRecipe, train_lines, run_dir: Path) -> tuple[object, str | None]:
+    """The recipe's tokenizer, or one trained on the training lines (the family's kind), with a note
+    for the run header where it was trained or came from the cache. A trained tokenizer is kept in
+    the cache (`cache.py`: `tokenizers/KEY`, keyed by the corpus, its split and the tokenizer
+    settings) and copied into the run directory, so a resumed run, every other process and a later
+    run on the same corpus reuse it."""
     from transformers import AutoTokenizer
 
     spec = recipe.tokenizer
+    note = None
     source = spec.name_or_path or recipe.model.name_or_path or (run_dir if (run_dir / "tokenizer.json").is_file() else None)
     if source:
         from bigmodel_cli.models import resolve_model_path
@@ -158,9 +163,16 @@ def get_tokenizer(recipe: PretrainRecipe, train_lines, run_dir: Path):
         except (OSError, ValueError) as e:
             raise BigmodelError(f"tokenizer.name_or_path '{source}' is not a tokenizer ({e.__class__.__name__})") from None
     else:
-        lines = train_lines.select_columns(["text"])  # streamed from its Arrow files in batches
-        trained = train_tokenizer(recipe.model.type, lines, spec.vocab_size, spec.lowercase, spec.min_frequency)
-        save_tokenizer(trained, run_dir)
+        folder = cache.folder_for("tokenizers", {
+            "corpus": cache.corpus_identity(recipe, [train_lines]), "family": recipe.model.type,
+            "vocab_size": spec.vocab_size, "lowercase": spec.lowercase, "min_frequency": spec.min_frequency})
+        cached = cache.is_complete(folder)
+        note = "tokenizer from the cache" if cached else "tokenizer trained and cached"
+        if not cached:
+            lines = train_lines.select_columns(["text"])  # streamed from its Arrow files in batches
+            cache.build(folder, lambda staging: train_tokenizer(
+                recipe.model.type, lines, spec.vocab_size, spec.lowercase, spec.min_frequency).save_pretrained(str(staging)))
+        install_tokenizer(folder, run_dir)
         # Used as loaded back, as a resumed run uses it: both then write the very same files at the end.
         tokenizer = AutoTokenizer.from_pretrained(str(run_dir))
     if tokenizer.mask_token_id is None or tokenizer.pad_token_id is None:
@@ -176,15 +188,28 @@ def get_tokenizer(recipe: PretrainRecipe, train_lines, run_dir: Path):
             f"tokenizer '{source or 'trained'}' maps {rate:.0%} of the corpus to [UNK]; it does not fit this "
             "text: train one (tokenizer.name_or_path: null) or choose another"
         )
-    return tokenizer
+    return tokenizer, note
 
 
 def save_tokenizer(tokenizer, run_dir: Path) -> None:
-    """`save_pretrained` into `run_dir`, atomically: the files are written to a staging folder and
-    moved in with `tokenizer.json` last, whose presence means a complete tokenizer."""
+    """`save_pretrained` into `run_dir`, atomically (`move_in`)."""
     staging = run_dir / "tmp-tokenizer"
     shutil.rmtree(staging, ignore_errors=True)
     tokenizer.save_pretrained(str(staging))
+    move_in(staging, run_dir)
+
+
+def install_tokenizer(folder: Path, run_dir: Path) -> None:
+    """A cached tokenizer's files copied into `run_dir`, atomically (`move_in`)."""
+    staging = run_dir / "tmp-tokenizer"
+    shutil.rmtree(staging, ignore_errors=True)
+    shutil.copytree(folder, staging, ignore=shutil.ignore_patterns(cache.COMPLETE))
+    move_in(staging, run_dir)
+
+
+def move_in(staging: Path, run_dir: Path) -> None:
+    """A staged tokenizer's files moved into `run_dir` with `tokenizer.json` last, whose presence
+    means a complete tokenizer; the staging folder removed."""
     files = sorted(staging.iterdir(), key=lambda p: p.name == "tokenizer.json")
     for path in files:
         os.replace(path, run_dir / path.name)
