@@ -41,6 +41,8 @@ def pretrain(
     set_: list[str] | None = SetOpt,
     overwrite: bool = OverwriteOpt,
     quiet: bool = QuietOpt,
+    prepare_only: bool = typer.Option(False, "--prepare-only", help="Only train the tokenizer and tokenize and pack "
+                                      "the corpus into the cache ($BIGMODEL_CACHE), for runs to read; no run folder."),
 ) -> None:
     """Pretrain a masked-language model on plain text, one example per line: a BERT from scratch, or
     any encoder checkpoint continued (--model).
@@ -51,7 +53,7 @@ def pretrain(
     """
     from bigmodel_cli.commands import pretrain as job
 
-    job.command(recipe, model, output_dir, set_, overwrite, quiet)
+    job.command(recipe, model, output_dir, set_, overwrite, quiet, prepare_only)
 
 
 @app.command()

@@ -130,3 +130,18 @@ def test_tokenizer_and_rows_come_from_the_cache_until_a_file_or_setting_changes(
     assert "tokenizer trained and cached" in changed and "rows prepared and cached" in changed
     assert len(list((tmp_path / "cache" / "rows").iterdir())) == 4
     assert len(list((tmp_path / "cache" / "tokenizers").iterdir())) == 3
+
+
+@pytest.mark.smoke
+def test_prepare_only_fills_the_cache_that_the_run_then_reads(tmp_path):
+    env = {"BIGMODEL_CACHE": str(tmp_path / "cache")}
+    argv = ["pretrain", "-r", "pretrain/tiny-debug", "--set", "training.max_steps=2", "--set", "training.report_to=[none]",
+            "-o", tmp_path / "run"]
+    prepared = run_cli(*argv, "--prepare-only", env=env)
+    assert prepared.returncode == 0, prepared.stderr[-2000:]
+    assert "tokenizer trained and cached, rows prepared and cached" in prepared.stdout
+    assert not (tmp_path / "run").exists()  # no run folder: nothing a later run would take for its own
+    trained = run_cli(*argv, env=env)
+    assert trained.returncode == 0, trained.stderr[-2000:]
+    assert "tokenizer from the cache | rows from the cache" in header(trained)
+    assert (tmp_path / "run" / "tokenizer.json").is_file() and (tmp_path / "run" / "model.safetensors").is_file()

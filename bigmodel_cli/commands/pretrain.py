@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shlex
 import sys
+from dataclasses import dataclass
 from pathlib import Path
 
 from bigmodel_cli.console import setup, shown, summary
@@ -16,8 +17,9 @@ SUMMARY_KEYS = ["train_samples", "train_runtime", "train_tokens_per_second", "tr
 
 
 def command(recipe: str | None, model: str | None, output_dir: Path | None, overrides: list[str] | None,
-            overwrite: bool, quiet: bool) -> None:
-    """The command line's `pretrain`: recipe, run directory (resuming an unfinished run), run, summary."""
+            overwrite: bool, quiet: bool, prepare_only: bool = False) -> None:
+    """The command line's `pretrain`: recipe, run directory (resuming an unfinished run), run, summary;
+    with `prepare_only`, the tokenizer and rows into the cache and nothing else."""
     setup(quiet)
     recipe = recipe or ("pretrain/continue" if model else "pretrain/bert-tiny")
     loaded, _ = load_recipe("pretrain", recipe, flags={"model.name_or_path": model}, overrides=overrides)
@@ -28,10 +30,48 @@ def command(recipe: str | None, model: str | None, output_dir: Path | None, over
         from bigmodel_cli.mlm.head import checkpoint_config, with_checkpoint
 
         loaded = with_checkpoint(loaded, checkpoint_config(loaded))  # its family and shape, as the recipe saved
+    if prepare_only:  # no run directory: a cluster job prepares the data once, before the launch
+        from bigmodel_cli.mlm.cache import cache_root
+
+        data = prepare(loaded, None)
+        print(f"prepared {len(data.rows[0])} training and {len(data.rows[1])} held-out rows in {cache_root()} "
+              f"({', '.join(data.notes)}); a run with this recipe reads them from there")
+        return
     run_dir = output_dir or Path("runs") / recipe_name(recipe)
     resume = open_run(run_dir, loaded, overwrite)
     metrics = run(loaded, run_dir, resume, quiet)
     summary("pretrain", metrics, run_dir, quiet, SUMMARY_KEYS)
+
+
+@dataclass
+class Prepared:
+    """A corpus made ready to train on: its lines, the tokenizer, the checkpoint's config (continued
+    pretraining), whether the model is a BERT (packing and the sparse head are BERT's), the
+    training and held-out rows, and what the run header says of where they came from."""
+
+    raw: object
+    tokenizer: object
+    checkpoint: object
+    bert: bool
+    rows: list
+    notes: list[str]
+
+
+def prepare(recipe: PretrainRecipe, run_dir: Path | None) -> Prepared:
+    """The corpus's lines, the tokenizer (into `run_dir`, where one is given) and the rows, each from
+    the cache where it is there, made and cached where not."""
+    from bigmodel_cli.mlm.head import checkpoint_config
+    from bigmodel_cli.mlm.text import load_corpus, tokenize_corpus
+    from bigmodel_cli.mlm.tokenizer import get_tokenizer
+
+    raw = load_corpus(recipe)
+    tokenizer, tokenizer_note = get_tokenizer(recipe, raw["train"], run_dir)
+    checkpoint = checkpoint_config(recipe) if recipe.model.name_or_path else None  # read once
+    # packing and the sparse head are BERT's; other families: one line per row, the stock head
+    bert = (checkpoint.model_type if checkpoint else recipe.model.type) == "bert"
+    rows, cached = tokenize_corpus(recipe, tokenizer, raw, packing=recipe.data.packing and bert)
+    notes = [*([tokenizer_note] if tokenizer_note else []), "rows from the cache" if cached else "rows prepared and cached"]
+    return Prepared(raw, tokenizer, checkpoint, bert, rows, notes)
 
 
 def run(recipe: PretrainRecipe, run_dir: Path, resume_from: Path | None = None, quiet: bool = False) -> dict:
@@ -40,10 +80,8 @@ def run(recipe: PretrainRecipe, run_dir: Path, resume_from: Path | None = None, 
 
     from bigmodel_cli.kernels import speedups
     from bigmodel_cli.mlm.evaluation import perplexity
-    from bigmodel_cli.mlm.head import checkpoint_config, masked_lm
+    from bigmodel_cli.mlm.head import masked_lm
     from bigmodel_cli.mlm.masking import MLMCollator
-    from bigmodel_cli.mlm.text import load_corpus, tokenize_corpus
-    from bigmodel_cli.mlm.tokenizer import get_tokenizer
     from bigmodel_cli.mlm.trainer import MLMTrainer
     from bigmodel_cli.seeds import derive_seed
     from bigmodel_cli.trainer.arguments import check_precision, on_gpu, training_arguments
@@ -57,15 +95,11 @@ def run(recipe: PretrainRecipe, run_dir: Path, resume_from: Path | None = None, 
     # local=False: the global main process first, then the rest, which reuse its tokenizer from the
     # run directory (on every machine the same folder: a shared filesystem, as Trainer's checkpoints need).
     with args.main_process_first(local=False, desc="tokenizer and data"):
-        raw = load_corpus(recipe)
-        tokenizer, tokenizer_note = get_tokenizer(recipe, raw["train"], run_dir)
-        checkpoint = checkpoint_config(recipe) if recipe.model.name_or_path else None  # read once
-        # packing and the sparse head are BERT's; other families: one line per row, the stock head
-        bert = (checkpoint.model_type if checkpoint else recipe.model.type) == "bert"
-        (train_rows, eval_rows), cached = tokenize_corpus(recipe, tokenizer, raw, packing=recipe.data.packing and bert)
+        data = prepare(recipe, run_dir)
+    raw, tokenizer, checkpoint, bert = data.raw, data.tokenizer, data.checkpoint, data.bert
+    train_rows, eval_rows = data.rows
     model, origin = masked_lm(recipe, tokenizer, checkpoint)
-    notes = [origin, speedups(model), *([tokenizer_note] if tokenizer_note else []),
-             "rows from the cache" if cached else "rows prepared and cached"]
+    notes = [origin, speedups(model), *data.notes]
     fresh = getattr(model, "fresh_head", False)
     if fresh and recipe.model.fresh_head_warmup:
         notes.append(f"the fresh head trains alone for the first {recipe.model.fresh_head_warmup:.0%} of the run")

@@ -144,17 +144,18 @@ def unknown_rate(tokenizer, lines: list[str]) -> float:
     return unk / max(total, 1)
 
 
-def get_tokenizer(recipe: PretrainRecipe, train_lines, run_dir: Path) -> tuple[object, str | None]:
+def get_tokenizer(recipe: PretrainRecipe, train_lines, run_dir: Path | None) -> tuple[object, str | None]:
     """The recipe's tokenizer, or one trained on the training lines (the family's kind), with a note
     for the run header where it was trained or came from the cache. A trained tokenizer is kept in
     the cache (`cache.py`: `tokenizers/KEY`, keyed by the corpus, its split and the tokenizer
     settings) and copied into the run directory, so a resumed run, every other process and a later
-    run on the same corpus reuse it."""
+    run on the same corpus reuse it. Without `run_dir` (`--prepare-only`), it is only cached."""
     from transformers import AutoTokenizer
 
     spec = recipe.tokenizer
     note = None
-    source = spec.name_or_path or recipe.model.name_or_path or (run_dir if (run_dir / "tokenizer.json").is_file() else None)
+    in_run = run_dir is not None and (run_dir / "tokenizer.json").is_file()
+    source = spec.name_or_path or recipe.model.name_or_path or (run_dir if in_run else None)
     if source:
         from bigmodel_cli.models import resolve_model_path
 
@@ -172,9 +173,10 @@ def get_tokenizer(recipe: PretrainRecipe, train_lines, run_dir: Path) -> tuple[o
             lines = train_lines.select_columns(["text"])  # streamed from its Arrow files in batches
             cache.build(folder, lambda staging: train_tokenizer(
                 recipe.model.type, lines, spec.vocab_size, spec.lowercase, spec.min_frequency).save_pretrained(str(staging)))
-        install_tokenizer(folder, run_dir)
+        if run_dir is not None:
+            install_tokenizer(folder, run_dir)
         # Used as loaded back, as a resumed run uses it: both then write the very same files at the end.
-        tokenizer = AutoTokenizer.from_pretrained(str(run_dir))
+        tokenizer = AutoTokenizer.from_pretrained(str(run_dir if run_dir is not None else folder))
     if tokenizer.mask_token_id is None or tokenizer.pad_token_id is None:
         raise BigmodelError(f"tokenizer '{source}' has no mask or padding token; masked-LM training needs both")
     if recipe.data.whole_word_masking:  # a tokenizer without word boundaries stops here, before tokenizing
