@@ -242,8 +242,8 @@ def pretrain_ours(corpus: Path, work: Path, budget: float, tokenizer_dir: Path |
 def pretrain_peer(corpus: Path, work: Path, budget: float, tokenizer_dir: Path) -> dict:
     from transformers import BertForMaskedLM, DataCollatorForLanguageModeling
 
+    from bigmodel_cli.mlm.corpus import load_corpus
     from bigmodel_cli.mlm.head import bert_config
-    from bigmodel_cli.mlm.text import load_corpus
     from bigmodel_cli.models import load_tokenizer
     from bigmodel_cli.recipe import load_recipe
     from bigmodel_cli.trainer.arguments import training_arguments
@@ -254,7 +254,7 @@ def pretrain_peer(corpus: Path, work: Path, budget: float, tokenizer_dir: Path) 
         f"data.train_files=[{corpus}]", f"training.time_budget={budget}", "training.report_to=[none]",
         "training.save_strategy=no", f"tokenizer.name_or_path={tokenizer_dir}"])
     tokenizer = load_tokenizer(str(tokenizer_dir))
-    raw = load_corpus(recipe)  # the same train/held-out lines as ours
+    raw = load_corpus(recipe).raw  # the same train/held-out lines as ours
     train = raw["train"].map(lambda b: tokenizer(b["text"], truncation=True, max_length=128,
                                                  return_special_tokens_mask=True),
                              batched=True, remove_columns=["text"])
@@ -395,11 +395,11 @@ def finetune_section(run: GpuRun) -> dict:
 
 
 def held_out_lines(corpus: Path) -> list[str]:
-    from bigmodel_cli.mlm.text import load_corpus
+    from bigmodel_cli.mlm.corpus import load_corpus
     from bigmodel_cli.recipe import load_recipe
 
     recipe, _ = load_recipe("pretrain", "pretrain/bert-tiny", overrides=[f"data.train_files=[{corpus}]"])
-    return list(load_corpus(recipe)["validation"]["text"])
+    return list(load_corpus(recipe).raw["validation"]["text"])
 
 
 def pretrain_comparison(corpus: Path, work: Path, budget: float, logging: tuple[str, ...] = ()) -> dict:

@@ -67,6 +67,7 @@ class TrainingSection(Section):
     dataloader_num_workers: int = Field(0, ge=0)  # background processes that collate batches
     report_to: list[str] = ["tensorboard"]  # experiment loggers: tensorboard, wandb, mlflow, none
     time_budget: float | None = Field(None, gt=0)  # seconds of training; the schedule ends at zero then
+    ddp_timeout: int = Field(1800, ge=1)  # seconds a process waits for the others (one prepares the data while they wait)
     torch_compile: bool = False  # compile the model (torch.compile); GPU speed-up not measured yet, on CPU it was slower
     # keep the best evaluation's model, not the last: null lets the command decide (finetune: yes when it
     # evaluates; pretrain: no); true needs a checkpoint at every evaluation (save_strategy = eval_strategy)
@@ -167,10 +168,15 @@ class TokenizerSection(Section):
 
 
 class CorpusSection(Section):
-    train_files: list[str] = []  # plain text, one example per line; blank lines are dropped
+    # files or globs (corpus/*.txt): plain text, one example per line (blank lines dropped), .gz/.zst
+    # compressed, or JSON Lines (.jsonl) whose text_column holds the text
+    train_files: list[str] = []
     eval_files: list[str] = []  # held-out text; empty: hold out validation_split_percentage of train
-    dataset_name: str | None = None  # a hub data set with a `text` column, used when train_files is empty
+    dataset_name: str | None = None  # a hub data set, used when train_files is empty
     dataset_config_name: str | None = None
+    text_column: str = "text"  # the key (JSON Lines) or column (hub data set) that holds the text
+    encoding: str = "utf-8"  # of the text files
+    shared_cache: bool = False  # the cache ($BIGMODEL_CACHE) is seen by every machine: one process in all prepares
     validation_split_percentage: float = Field(5.0, gt=0, lt=100)  # % of lines held out
     max_seq_length: int = Field(128, ge=8)  # tokens per sequence, [CLS] and [SEP] included
     mlm_probability: float = Field(0.15, gt=0, lt=1)  # share of tokens masked for prediction
@@ -182,6 +188,17 @@ class CorpusSection(Section):
     # draw the training masks on the device (the same masks as on the host, no host work per line);
     # null: on a GPU only
     mask_on_device: bool | None = None
+
+    @field_validator("encoding")
+    @classmethod
+    def _known_encoding(cls, value: str) -> str:
+        import codecs
+
+        try:
+            codecs.lookup(value)
+        except LookupError:
+            raise ValueError(f"'{value}' is not an encoding Python knows (e.g. utf-8, latin-1, cp1252)") from None
+        return value
 
     @model_validator(mode="after")
     def _has_source(self) -> CorpusSection:

@@ -103,7 +103,7 @@ def test_a_kill_in_any_phase_resumes_or_starts_cleanly_and_ends_as_the_uninterru
     assert result.returncode == 0, result.stderr[-2000:]
     if phase == "final-save":
         assert f"resuming from {run_dir / 'checkpoint-30'}" in result.stderr
-    assert not (run_dir / "tmp-tokenizer").exists()
+    assert not list(run_dir.glob("tmp-tokenizer*"))  # the killed process's staging folder is cleared
     assert (run_dir / "tokenizer.json").read_bytes() == (straight / "tokenizer.json").read_bytes()
     assert_same_result(straight, run_dir)
 

@@ -60,18 +60,20 @@ class Prepared:
 def prepare(recipe: PretrainRecipe, run_dir: Path | None) -> Prepared:
     """The corpus's lines, the tokenizer (into `run_dir`, where one is given) and the rows, each from
     the cache where it is there, made and cached where not."""
+    from bigmodel_cli.mlm.corpus import load_corpus
     from bigmodel_cli.mlm.head import checkpoint_config
-    from bigmodel_cli.mlm.text import load_corpus, tokenize_corpus
+    from bigmodel_cli.mlm.text import tokenize_corpus
     from bigmodel_cli.mlm.tokenizer import get_tokenizer
 
-    raw = load_corpus(recipe)
-    tokenizer, tokenizer_note = get_tokenizer(recipe, raw["train"], run_dir)
+    corpus = load_corpus(recipe)
+    tokenizer, tokenizer_note = get_tokenizer(recipe, corpus, run_dir)
     checkpoint = checkpoint_config(recipe) if recipe.model.name_or_path else None  # read once
     # packing and the sparse head are BERT's; other families: one line per row, the stock head
     bert = (checkpoint.model_type if checkpoint else recipe.model.type) == "bert"
-    rows, cached = tokenize_corpus(recipe, tokenizer, raw, packing=recipe.data.packing and bert)
-    notes = [*([tokenizer_note] if tokenizer_note else []), "rows from the cache" if cached else "rows prepared and cached"]
-    return Prepared(raw, tokenizer, checkpoint, bert, rows, notes)
+    rows, cached = tokenize_corpus(recipe, tokenizer, corpus, packing=recipe.data.packing and bert)
+    notes = [*corpus.notes, *([tokenizer_note] if tokenizer_note else []),
+             "rows from the cache" if cached else "rows prepared and cached"]
+    return Prepared(corpus.raw, tokenizer, checkpoint, bert, rows, notes)
 
 
 def run(recipe: PretrainRecipe, run_dir: Path, resume_from: Path | None = None, quiet: bool = False) -> dict:
@@ -92,9 +94,10 @@ def run(recipe: PretrainRecipe, run_dir: Path, resume_from: Path | None = None, 
                               remove_unused_columns=False)
     seed = recipe.training.seed
     set_seed(derive_seed(seed, "init"))
-    # local=False: the global main process first, then the rest, which reuse its tokenizer from the
-    # run directory (on every machine the same folder: a shared filesystem, as Trainer's checkpoints need).
-    with args.main_process_first(local=False, desc="tokenizer and data"):
+    # One process per machine prepares the data into the machine's cache (one in all where the cache is on a
+    # file system every machine sees: data.shared_cache); the rest wait, up to training.ddp_timeout, and read
+    # it from there, memory-mapped. The tokenizer goes into the run directory, which every machine shares.
+    with args.main_process_first(local=not recipe.data.shared_cache, desc="tokenizer and data"):
         data = prepare(recipe, run_dir)
     raw, tokenizer, checkpoint, bert = data.raw, data.tokenizer, data.checkpoint, data.bert
     train_rows, eval_rows = data.rows

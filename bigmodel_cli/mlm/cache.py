@@ -33,18 +33,21 @@ def file_identity(path: str) -> list:
     return [str(Path(path).resolve()), stat.st_size, stat.st_mtime_ns]
 
 
-def corpus_identity(recipe: PretrainRecipe, splits) -> dict:
-    """The corpus and its held-out split: the local files, or the hub data set with the files
-    `datasets` cached its `splits` in; the split's settings."""
+def corpus_identity(recipe: PretrainRecipe, corpus, splits: tuple[str, ...]) -> dict:
+    """The `splits` of `corpus` (`corpus.Corpus`) as the cache knows them: the local files (globs
+    expanded, blank files left out), or the hub data set with the files `datasets` cached it in; and
+    the held-out split's settings, which decide the training lines too."""
     data = recipe.data
-    if data.train_files:
-        corpus = {"train": [file_identity(f) for f in data.train_files], "eval": [file_identity(f) for f in data.eval_files]}
+    if corpus.files:
+        identity = {split: [file_identity(f) for f in corpus.files.get(split, [])] for split in splits}
+        identity["text_column"] = data.text_column  # JSON Lines: which key is the text
+        identity["encoding"] = data.encoding
     else:
-        corpus = {"hub": [data.dataset_name, data.dataset_config_name],
-                  "files": [file_identity(c["filename"]) for split in splits for c in split.cache_files]}
-    corpus["held_out"] = [data.validation_split_percentage, recipe.training.seed, data.max_train_samples,
-                          data.max_eval_samples]
-    return corpus
+        identity = {"hub": [data.dataset_name, data.dataset_config_name, data.text_column],
+                    "files": [file_identity(c["filename"]) for split in splits for c in corpus.raw[split].cache_files]}
+    identity["held_out"] = [data.validation_split_percentage, recipe.training.seed, data.max_train_samples,
+                            data.max_eval_samples, bool(corpus.files.get("validation"))]
+    return identity
 
 
 def folder_for(kind: str, decided: dict) -> Path:

@@ -1,6 +1,5 @@
-"""Plain text to training rows: one example per line, long lines split, lines packed into rows.
+"""Lines to training rows: one example per line, long lines split, lines packed into rows.
 
-- `load_corpus`: train and held-out lines from local files (or a hub data set), blank lines dropped.
 - `tokenize_lines`: one example per line; a line longer than `max_seq_length` is split into
   several examples rather than truncated (truncation dropped ~29 % of WikiText's tokens).
 - `pack`: several lines share one sequence; the collator gives each its own block of the attention
@@ -18,46 +17,9 @@ from pathlib import Path
 
 import numpy as np
 
-from bigmodel_cli.errors import BigmodelError
-from bigmodel_cli.files import check_text_file
 from bigmodel_cli.mlm import cache
+from bigmodel_cli.mlm.corpus import Corpus, bounded
 from bigmodel_cli.recipe import PretrainRecipe
-from bigmodel_cli.seeds import derive_seed
-
-
-def load_corpus(recipe: PretrainRecipe):
-    """Train and held-out lines as a DatasetDict of `text`; blank and whitespace-only lines dropped."""
-    from datasets import load_dataset
-
-    data = recipe.data
-    if data.train_files:
-        files = {"train": [str(check_text_file(f, "data.train_files:")) for f in data.train_files]}
-        if data.eval_files:
-            files["validation"] = [str(check_text_file(f, "data.eval_files:")) for f in data.eval_files]
-        raw = load_dataset("text", data_files=files)
-    else:
-        try:
-            raw = load_dataset(data.dataset_name, data.dataset_config_name)
-        except Exception as e:  # connection, offline mode, unknown name: all say the same to a user
-            raise BigmodelError(
-                f"data.dataset_name '{data.dataset_name}' could not be loaded ({type(e).__name__}); "
-                "offline, give local text files in data.train_files"
-            ) from None
-    raw = raw.filter(lambda row: bool(row["text"].strip()), desc="dropping blank lines")
-    if len(raw["train"]) == 0:
-        raise BigmodelError("the training corpus has no non-blank lines; check data.train_files")
-    if "validation" not in raw:
-        split = raw["train"].train_test_split(
-            test_size=data.validation_split_percentage / 100, seed=derive_seed(recipe.training.seed, "split")
-        )
-        raw["train"], raw["validation"] = split["train"], split["test"]
-    if data.max_train_samples:
-        raw["train"] = raw["train"].select(range(min(data.max_train_samples, len(raw["train"]))))
-    if data.max_eval_samples:
-        raw["validation"] = raw["validation"].select(range(min(data.max_eval_samples, len(raw["validation"]))))
-    if len(raw["validation"]) == 0:
-        raise BigmodelError("no held-out lines; raise data.validation_split_percentage or give data.eval_files")
-    return raw
 
 
 def chunk_line(ids: list[int], max_content: int) -> list[list[int]]:
@@ -72,7 +34,7 @@ def tokenize_lines(dataset, tokenizer, max_seq_length: int, num_proc: int | None
 
     def encode(batch):
         pieces = []
-        for ids in tokenizer(batch["text"], add_special_tokens=False)["input_ids"]:
+        for ids in tokenizer(bounded(batch["text"]), add_special_tokens=False)["input_ids"]:
             pieces.extend([cls_id, *piece, sep_id] for piece in chunk_line(ids, max_seq_length - 2))
         return {"input_ids": pieces}
 
@@ -186,11 +148,11 @@ def row_batches(ids_column, eid_column, max_seq_length: int, packing: bool, sche
         ], schema=schema)
 
 
-def rows_folder(recipe: PretrainRecipe, tokenizer, raw, packing: bool) -> Path:
+def rows_folder(recipe: PretrainRecipe, tokenizer, corpus: Corpus, packing: bool) -> Path:
     """The cache folder of the training and held-out rows: the corpus and its split, the tokenizer,
     the row length and packing decide them."""
     return cache.folder_for("rows", {
-        "corpus": cache.corpus_identity(recipe, raw.values()), "max_seq_length": recipe.data.max_seq_length,
+        "corpus": cache.corpus_identity(recipe, corpus, ("train", "validation")), "max_seq_length": recipe.data.max_seq_length,
         "packing": packing, "tokenizer": hashlib.sha256(tokenizer.backend_tokenizer.to_str().encode()).hexdigest(),
         "specials": [tokenizer.cls_token_id, tokenizer.sep_token_id]})
 
@@ -202,14 +164,15 @@ def preprocessing_processes(recipe: PretrainRecipe, lines: int) -> int:
     return max(1, min(wanted, lines // 50_000))
 
 
-def tokenize_corpus(recipe: PretrainRecipe, tokenizer, raw, packing: bool) -> tuple[list, bool]:
+def tokenize_corpus(recipe: PretrainRecipe, tokenizer, corpus: Corpus, packing: bool) -> tuple[list, bool]:
     """Lines -> examples (long lines split, not dropped) -> rows (packed when `packing`), memory-mapped
     from the cache (`cache.py`: `rows/KEY`), which is made on the first run and read by every later
     one with the same corpus and settings. Returns ([train rows, held-out rows], whether they came
     from the cache)."""
     from datasets import Dataset
 
-    folder = rows_folder(recipe, tokenizer, raw, packing)
+    raw = corpus.raw
+    folder = rows_folder(recipe, tokenizer, corpus, packing)
     splits = ("train", "validation")
     cached = cache.is_complete(folder)
     if not cached:

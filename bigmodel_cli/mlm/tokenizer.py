@@ -33,13 +33,15 @@ BATCH_LINES = 1000  # lines handed to the tokenizer trainer at a time
 
 def line_batches(lines) -> Iterator[list[str]]:
     """The corpus in batches of lines, never all at once: a data set's `text` column read batch by
-    batch from its Arrow files, or a list of lines sliced."""
+    batch from its Arrow files, or a list of lines sliced; over-long lines in pieces (`corpus.bounded`)."""
+    from bigmodel_cli.mlm.corpus import bounded
+
     if hasattr(lines, "iter"):  # a datasets.Dataset
         for batch in lines.iter(batch_size=BATCH_LINES):
-            yield batch["text"]
+            yield bounded(batch["text"])
     else:
         for start in range(0, len(lines), BATCH_LINES):
-            yield list(lines[start:start + BATCH_LINES])
+            yield bounded(list(lines[start:start + BATCH_LINES]))
 
 
 def continuing_pieces(tok, lines) -> list[str]:
@@ -144,14 +146,16 @@ def unknown_rate(tokenizer, lines: list[str]) -> float:
     return unk / max(total, 1)
 
 
-def get_tokenizer(recipe: PretrainRecipe, train_lines, run_dir: Path | None) -> tuple[object, str | None]:
+def get_tokenizer(recipe: PretrainRecipe, corpus, run_dir: Path | None) -> tuple[object, str | None]:
     """The recipe's tokenizer, or one trained on the training lines (the family's kind), with a note
     for the run header where it was trained or came from the cache. A trained tokenizer is kept in
     the cache (`cache.py`: `tokenizers/KEY`, keyed by the corpus, its split and the tokenizer
     settings) and copied into the run directory, so a resumed run, every other process and a later
-    run on the same corpus reuse it. Without `run_dir` (`--prepare-only`), it is only cached."""
+    run on the same corpus reuse it. Without `run_dir` (`--prepare-only`), it is only cached.
+    `corpus`: a `corpus.Corpus`, whose training lines train it."""
     from transformers import AutoTokenizer
 
+    train_lines = corpus.raw["train"]
     spec = recipe.tokenizer
     note = None
     in_run = run_dir is not None and (run_dir / "tokenizer.json").is_file()
@@ -165,7 +169,7 @@ def get_tokenizer(recipe: PretrainRecipe, train_lines, run_dir: Path | None) -> 
             raise BigmodelError(f"tokenizer.name_or_path '{source}' is not a tokenizer ({e.__class__.__name__})") from None
     else:
         folder = cache.folder_for("tokenizers", {
-            "corpus": cache.corpus_identity(recipe, [train_lines]), "family": recipe.model.type,
+            "corpus": cache.corpus_identity(recipe, corpus, ("train",)), "family": recipe.model.type,
             "vocab_size": spec.vocab_size, "lowercase": spec.lowercase, "min_frequency": spec.min_frequency})
         cached = cache.is_complete(folder)
         note = "tokenizer from the cache" if cached else "tokenizer trained and cached"
@@ -195,7 +199,7 @@ def get_tokenizer(recipe: PretrainRecipe, train_lines, run_dir: Path | None) -> 
 
 def save_tokenizer(tokenizer, run_dir: Path) -> None:
     """`save_pretrained` into `run_dir`, atomically (`move_in`)."""
-    staging = run_dir / "tmp-tokenizer"
+    staging = staging_folder(run_dir)
     shutil.rmtree(staging, ignore_errors=True)
     tokenizer.save_pretrained(str(staging))
     move_in(staging, run_dir)
@@ -203,10 +207,34 @@ def save_tokenizer(tokenizer, run_dir: Path) -> None:
 
 def install_tokenizer(folder: Path, run_dir: Path) -> None:
     """A cached tokenizer's files copied into `run_dir`, atomically (`move_in`)."""
-    staging = run_dir / "tmp-tokenizer"
+    staging = staging_folder(run_dir)
     shutil.rmtree(staging, ignore_errors=True)
     shutil.copytree(folder, staging, ignore=shutil.ignore_patterns(cache.COMPLETE))
     move_in(staging, run_dir)
+
+
+def staging_folder(run_dir: Path) -> Path:
+    """A staging folder of this process's own: the machines of a run share its directory, and each
+    machine's first process installs the tokenizer. Those that killed processes of this machine left
+    are removed."""
+    import socket
+
+    prefix = f"tmp-tokenizer-{socket.gethostname()}-"
+    for old in run_dir.glob(prefix + "*"):
+        pid = old.name.removeprefix(prefix)
+        if pid.isdigit() and not alive(int(pid)):
+            shutil.rmtree(old, ignore_errors=True)
+    return run_dir / f"{prefix}{os.getpid()}"
+
+
+def alive(pid: int) -> bool:
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except PermissionError:
+        return True
+    return True
 
 
 def move_in(staging: Path, run_dir: Path) -> None:

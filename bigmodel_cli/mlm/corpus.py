@@ -1,0 +1,279 @@
+"""The pretraining corpus as people have it: files, globs, compressed text, JSON Lines, or a hub data set.
+
+- `data.train_files` / `data.eval_files`: paths or glob patterns (`corpus/*.txt`, `**/*.txt.gz`), in
+  sorted order. Plain text is one example per line; `.gz` and `.zst` are read decompressed; `.jsonl`
+  (`.json`, `.ndjson`, compressed too) holds one JSON object per line whose `data.text_column` is the text.
+- A file that holds nothing but whitespace is skipped and said, unless every file is blank.
+- Text is read in `data.encoding` (UTF-8). A byte that does not decode stops the run with one line that
+  names the file and the offset of the byte.
+- Blank and whitespace-only lines are dropped; a line longer than `MAX_LINE_CHARS` reaches the tokenizer in
+  pieces cut at whitespace (`pieces`), so a file that is one 50 MB line is tokenized, not a crash.
+
+Nothing here holds the corpus in Python objects: `datasets` writes it to Arrow files and every later step
+reads them batch by batch.
+"""
+
+from __future__ import annotations
+
+import codecs
+import glob
+import gzip
+import json
+from dataclasses import dataclass, field
+from pathlib import Path
+
+from bigmodel_cli.errors import BigmodelError
+from bigmodel_cli.recipe import PretrainRecipe
+from bigmodel_cli.seeds import derive_seed
+
+COMPRESSED = (".gz", ".zst", ".zstd")
+JSON_LINES = (".jsonl", ".json", ".ndjson")
+MAX_LINE_CHARS = 100_000  # longer lines reach the tokenizer in pieces of at most this many characters
+CHUNK_BYTES = 1 << 20
+
+
+@dataclass
+class Corpus:
+    """The training and held-out lines (a DatasetDict of `text`), the files they came from (by split;
+    empty for a hub data set), and what the run header says of them (skipped files)."""
+
+    raw: object
+    files: dict[str, list[str]] = field(default_factory=dict)
+    notes: list[str] = field(default_factory=list)
+
+
+def expand(patterns: list[str], key: str) -> list[str]:
+    """Each path as given, each glob pattern as the files it matches (sorted); a missing path or a
+    pattern that matches nothing is an error naming it."""
+    files: list[str] = []
+    for pattern in patterns:
+        if glob.has_magic(pattern):
+            matched = sorted(p for p in glob.glob(pattern, recursive=True) if Path(p).is_file())
+            if not matched:
+                raise BigmodelError(f"{key}: '{pattern}' matches no file (relative paths start at {Path.cwd()})")
+            files.extend(matched)
+        else:
+            path = Path(pattern)
+            if not path.exists():
+                raise BigmodelError(f"{key}: {pattern} not found; check the path (relative paths start at {Path.cwd()})")
+            if not path.is_file():
+                raise BigmodelError(f"{key}: {pattern} is a folder; give its files, e.g. {pattern.rstrip('/')}/*.txt")
+            files.append(pattern)
+    return files
+
+
+def is_json_lines(path: str) -> bool:
+    name = path.lower()
+    for suffix in COMPRESSED:
+        name = name.removesuffix(suffix)
+    return name.endswith(JSON_LINES)
+
+
+def open_bytes(path: str):
+    """The file's bytes, decompressed where its name says `.gz` or `.zst`."""
+    lower = path.lower()
+    if lower.endswith(".gz"):
+        return gzip.open(path, "rb")
+    if lower.endswith((".zst", ".zstd")):
+        import zstandard
+
+        return zstandard.ZstdDecompressor().stream_reader(open(path, "rb"), closefd=True)
+    return open(path, "rb")
+
+
+def read_error(path: str, key: str, error: Exception) -> BigmodelError:
+    return BigmodelError(f"{key}: {path} cannot be read ({type(error).__name__}: {error})")
+
+
+def is_blank(path: str, key: str) -> bool:
+    """Whether the file holds nothing but whitespace (read only as far as its first other byte)."""
+    try:
+        with open_bytes(path) as f:
+            while chunk := f.read(CHUNK_BYTES):
+                if chunk.strip():
+                    return False
+    except (OSError, EOFError, ValueError) as e:
+        raise read_error(path, key, e) from None
+    return True
+
+
+def first_bad_byte(path: str, encoding: str) -> int | None:
+    """The offset (in the decompressed text) of the first byte that `encoding` cannot decode, or None."""
+    decoder = codecs.getincrementaldecoder(encoding)()
+    offset = 0
+    with open_bytes(path) as f:
+        while True:
+            chunk = f.read(CHUNK_BYTES)
+            try:
+                decoder.decode(chunk, final=not chunk)
+            except UnicodeDecodeError as e:
+                return offset + e.start - len(decoder.getstate()[0])
+            if not chunk:
+                return None
+            offset += len(chunk)
+
+
+def check_binary(path: str, key: str) -> None:
+    with open_bytes(path) as f:
+        if b"\x00" in f.read(CHUNK_BYTES):
+            raise BigmodelError(f"{key}: {path} is binary, not text; give text files (plain, .gz, .zst or .jsonl)")
+
+
+def check_text_column(path: str, column: str, key: str) -> None:
+    """The first object of a JSON Lines file has `column`, or one line says which keys it has."""
+    with open_bytes(path) as f:
+        first = next((line for line in f if line.strip()), b"")
+    try:
+        obj = json.loads(first)
+    except ValueError:
+        raise BigmodelError(f"{key}: {path} is not JSON Lines (its first line is not a JSON object); "
+                            "give one object per line, or name it .txt for plain text") from None
+    if not isinstance(obj, dict) or column not in obj:
+        keys = ", ".join(map(str, obj)) if isinstance(obj, dict) else type(obj).__name__
+        raise BigmodelError(f"data.text_column '{column}' is not in {path} (it has: {keys}); "
+                            "set data.text_column to the key that holds the text")
+
+
+def usable_files(files: list[str], key: str, recipe: PretrainRecipe) -> tuple[list[str], list[str]]:
+    """The files of one split that hold text, checked, and the blank ones (skipped)."""
+    kept, blank = [], []
+    compressed = [f for f in files if f.lower().endswith(COMPRESSED)]
+    if compressed and codecs.lookup(recipe.data.encoding).name != "utf-8":
+        raise BigmodelError(f"{key}: {compressed[0]} is compressed and data.encoding is {recipe.data.encoding}: compressed "
+                            "files are read as UTF-8; convert it (e.g. zcat F | iconv -f LATIN1 -t UTF-8 | gzip)")
+    for path in files:
+        if is_blank(path, key):
+            blank.append(path)
+            continue
+        check_binary(path, key)
+        if is_json_lines(path):
+            check_text_column(path, recipe.data.text_column, key)
+        kept.append(path)
+    if not kept:
+        raise BigmodelError(f"{key}: {', '.join(files)} {'is' if len(files) == 1 else 'are'} empty; give files with text")
+    return kept, blank
+
+
+def load_split(files: list[str], key: str, recipe: PretrainRecipe):
+    """One split's files as a Dataset of `text` (text files and JSON Lines files each by their builder,
+    concatenated in the order given)."""
+    from datasets import concatenate_datasets, load_dataset
+
+    data = recipe.data
+    parts, run = [], []
+
+    def flush():
+        if not run:
+            return
+        json_lines = is_json_lines(run[0])
+        try:
+            if json_lines:
+                part = load_dataset("json", data_files={"train": list(run)}, split="train", encoding=data.encoding)
+                part = part.select_columns([data.text_column])
+                if data.text_column != "text":
+                    part = part.rename_column(data.text_column, "text")
+                if getattr(part.features["text"], "dtype", None) not in ("string", "large_string"):
+                    raise BigmodelError(f"data.text_column '{data.text_column}' of {run[0]} holds "
+                                        f"{part.features['text']}, not text; name the key that holds the text")
+            else:
+                part = load_dataset("text", data_files={"train": list(run)}, split="train", encoding=data.encoding)
+        except BigmodelError:
+            raise
+        except Exception as e:  # datasets wraps what went wrong: find the file and byte ourselves
+            raise undecodable(list(run), key, data.encoding) or read_error(", ".join(run), key, e.__cause__ or e) from None
+        parts.append(part)
+        run.clear()
+
+    for path in files:  # runs of one kind, in order
+        if run and is_json_lines(path) != is_json_lines(run[0]):
+            flush()
+        run.append(path)
+    flush()
+    return parts[0] if len(parts) == 1 else concatenate_datasets(parts)
+
+
+def undecodable(files: list[str], key: str, encoding: str) -> BigmodelError | None:
+    for path in files:
+        try:
+            offset = first_bad_byte(path, encoding)
+        except (OSError, EOFError, LookupError):
+            continue
+        if offset is not None:
+            where = " (decompressed)" if path.lower().endswith(COMPRESSED) else ""
+            return BigmodelError(
+                f"{key}: {path} is not {encoding.upper()} at byte {offset}{where}; "
+                "convert it (iconv -f LATIN1 -t UTF-8) or set data.encoding to its encoding")
+    return None
+
+
+def load_corpus(recipe: PretrainRecipe) -> Corpus:
+    """Train and held-out lines; blank and whitespace-only lines dropped, blank files skipped and said."""
+    from datasets import DatasetDict, load_dataset
+
+    data = recipe.data
+    files: dict[str, list[str]] = {}
+    notes: list[str] = []
+    if data.train_files:
+        raw = DatasetDict()
+        for split, key, patterns in (("train", "data.train_files", data.train_files),
+                                     ("validation", "data.eval_files", data.eval_files)):
+            if not patterns:
+                continue
+            kept, blank = usable_files(expand(patterns, key), key, recipe)
+            if blank:
+                notes.append(f"skipped {len(blank)} blank file{'s' if len(blank) > 1 else ''} of {key}: "
+                             + ", ".join(Path(b).name for b in blank[:3]) + (" ..." if len(blank) > 3 else ""))
+            files[split] = kept
+            raw[split] = load_split(kept, key, recipe)
+    else:
+        try:
+            raw = load_dataset(data.dataset_name, data.dataset_config_name)
+        except Exception as e:  # connection, offline mode, unknown name: all say the same to a user
+            raise BigmodelError(
+                f"data.dataset_name '{data.dataset_name}' could not be loaded ({type(e).__name__}); "
+                "offline, give local text files in data.train_files"
+            ) from None
+        if data.text_column not in raw["train"].column_names:
+            raise BigmodelError(f"data.text_column '{data.text_column}' is not a column of {data.dataset_name} "
+                                f"(it has: {', '.join(raw['train'].column_names)}); set data.text_column")
+        raw = raw.select_columns([data.text_column])
+        if data.text_column != "text":
+            raw = raw.rename_column(data.text_column, "text")
+    raw = raw.filter(lambda batch: [bool(t and t.strip()) for t in batch["text"]], batched=True,
+                     desc="dropping blank lines")
+    if len(raw["train"]) == 0:
+        raise BigmodelError("the training corpus has no non-blank lines; check data.train_files")
+    if "validation" not in raw:
+        split = raw["train"].train_test_split(
+            test_size=data.validation_split_percentage / 100, seed=derive_seed(recipe.training.seed, "split")
+        )
+        raw["train"], raw["validation"] = split["train"], split["test"]
+    if data.max_train_samples:
+        raw["train"] = raw["train"].select(range(min(data.max_train_samples, len(raw["train"]))))
+    if data.max_eval_samples:
+        raw["validation"] = raw["validation"].select(range(min(data.max_eval_samples, len(raw["validation"]))))
+    if len(raw["validation"]) == 0:
+        raise BigmodelError("no held-out lines; raise data.validation_split_percentage or give data.eval_files")
+    return Corpus(raw, files, notes)
+
+
+def pieces(text: str, limit: int = MAX_LINE_CHARS) -> list[str]:
+    """A line cut into pieces of at most `limit` characters, at the last whitespace before each cut
+    where there is one (a line within the limit is itself)."""
+    if len(text) <= limit:
+        return [text]
+    out, start = [], 0
+    while len(text) - start > limit:
+        cut = max(text.rfind(" ", start, start + limit), text.rfind("\n", start, start + limit))
+        cut = cut + 1 if cut > start else start + limit
+        out.append(text[start:cut])
+        start = cut
+    out.append(text[start:])
+    return out
+
+
+def bounded(texts: list[str]) -> list[str]:
+    """A batch of lines with every over-long line in `pieces`."""
+    if all(len(t) <= MAX_LINE_CHARS for t in texts):
+        return texts
+    return [p for t in texts for p in pieces(t)]
