@@ -177,6 +177,9 @@ class CorpusSection(Section):
     text_column: str = "text"  # the key (JSON Lines) or column (hub data set) that holds the text
     encoding: str = "utf-8"  # of the text files
     shared_cache: bool = False  # the cache ($BIGMODEL_CACHE) is seen by every machine: one process in all prepares
+    # read the lines as a stream and make rows on the fly (corpora bigger than the disk, or on the hub): nothing is
+    # cached but the tokenizer; held out: data.eval_files, else the stream's first max_eval_samples (1000) lines
+    streaming: bool = False
     validation_split_percentage: float = Field(5.0, gt=0, lt=100)  # % of lines held out
     max_seq_length: int = Field(128, ge=8)  # tokens per sequence, [CLS] and [SEP] included
     mlm_probability: float = Field(0.15, gt=0, lt=1)  # share of tokens masked for prediction
@@ -222,6 +225,18 @@ class PretrainRecipe(Section):
                 raise ValueError(f"data.packing is true but {family}: packed rows (block-diagonal masks, per-line "
                                  "positions) are proven for bert only; set data.packing=false")
             self.data.packing = False  # one line per row, and the resolved recipe says so
+        if self.data.streaming:
+            training = self.training
+            if training.max_steps <= 0 and not training.time_budget:
+                raise ValueError("data.streaming: a stream has no known length; give training.max_steps or "
+                                 "training.time_budget")
+            if training.dataloader_num_workers:
+                raise ValueError("data.streaming: the stream is read in the main process (its position is saved with "
+                                 "each checkpoint); set training.dataloader_num_workers=0")
+            for key in ("eval_strategy", "save_strategy"):
+                if getattr(training, key) == "epoch":
+                    raise ValueError(f"data.streaming: a stream has no epochs, so training.{key}=epoch would never "
+                                     f"come; set training.{key}=steps (or no)")
         if self.model.name_or_path and self.tokenizer.name_or_path:
             raise ValueError(f"tokenizer.name_or_path {self.tokenizer.name_or_path} and model.name_or_path "
                              f"{self.model.name_or_path}: a continued checkpoint keeps its own tokenizer; remove "

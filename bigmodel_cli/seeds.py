@@ -14,7 +14,7 @@ MULTIPLIER = 1_000_003  # a prime: (epoch, example) pairs map to distinct keys f
 STREAMS = {
     "init": 0,  # transformers.set_seed before the model: weights and a new classifier head
     "split": 0,  # the held-out lines split off the training corpus
-    "order": 0,  # each epoch's data order (folded with the epoch)
+    "order": 0,  # each epoch's data order (folded with the epoch; a stream's rows: with the pass and the window)
     "masks": 0,  # training masks (folded with the epoch; mlm/masking.py hashes in the example id and token offset)
     "held_out_masks": 1,  # evaluation masks (epoch 0; then hashed like the training masks): fixed for the whole run
 }

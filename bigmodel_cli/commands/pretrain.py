@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import shlex
 import sys
+import time
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -34,8 +35,9 @@ def command(recipe: str | None, model: str | None, output_dir: Path | None, over
         from bigmodel_cli.mlm.cache import cache_root
 
         data = prepare(loaded, None)
+        phases = ", ".join(f"{phase} {value:.1f} s" for phase, value in data.seconds.items())
         print(f"prepared {len(data.rows[0])} training and {len(data.rows[1])} held-out rows in {cache_root()} "
-              f"({', '.join(data.notes)}); a run with this recipe reads them from there")
+              f"({', '.join(data.notes)}; {phases}); a run with this recipe reads them from there")
         return
     run_dir = output_dir or Path("runs") / recipe_name(recipe)
     resume = open_run(run_dir, loaded, overwrite)
@@ -47,7 +49,8 @@ def command(recipe: str | None, model: str | None, output_dir: Path | None, over
 class Prepared:
     """A corpus made ready to train on: its lines, the tokenizer, the checkpoint's config (continued
     pretraining), whether the model is a BERT (packing and the sparse head are BERT's), the
-    training and held-out rows, and what the run header says of where they came from."""
+    training and held-out rows, what the run header says of where they came from, and the seconds each
+    phase took (reading the corpus, the tokenizer, tokenizing, packing)."""
 
     raw: object
     tokenizer: object
@@ -55,25 +58,36 @@ class Prepared:
     bert: bool
     rows: list
     notes: list[str]
+    seconds: dict[str, float]
+    files: list[str]  # the training files (globs expanded); empty for a hub data set
 
 
 def prepare(recipe: PretrainRecipe, run_dir: Path | None) -> Prepared:
     """The corpus's lines, the tokenizer (into `run_dir`, where one is given) and the rows, each from
     the cache where it is there, made and cached where not."""
-    from bigmodel_cli.mlm.corpus import load_corpus
+    from bigmodel_cli.mlm.corpus import load_corpus, stream_corpus
     from bigmodel_cli.mlm.head import checkpoint_config
+    from bigmodel_cli.mlm.stream import stream_rows
     from bigmodel_cli.mlm.text import tokenize_corpus
     from bigmodel_cli.mlm.tokenizer import get_tokenizer
 
-    corpus = load_corpus(recipe)
+    start = time.perf_counter()
+    corpus = stream_corpus(recipe) if recipe.data.streaming else load_corpus(recipe)
+    seconds = {"read": time.perf_counter() - start}
     tokenizer, tokenizer_note = get_tokenizer(recipe, corpus, run_dir)
+    seconds["tokenizer"] = time.perf_counter() - start - seconds["read"]
     checkpoint = checkpoint_config(recipe) if recipe.model.name_or_path else None  # read once
     # packing and the sparse head are BERT's; other families: one line per row, the stock head
     bert = (checkpoint.model_type if checkpoint else recipe.model.type) == "bert"
-    rows, cached = tokenize_corpus(recipe, tokenizer, corpus, packing=recipe.data.packing and bert)
-    notes = [*corpus.notes, *([tokenizer_note] if tokenizer_note else []),
-             "rows from the cache" if cached else "rows prepared and cached"]
-    return Prepared(corpus.raw, tokenizer, checkpoint, bert, rows, notes)
+    packing = recipe.data.packing and bert
+    if corpus.streamed:  # rows made as training reads them
+        rows, rows_note = stream_rows(recipe, tokenizer, corpus, packing), "rows made on the fly"
+    else:
+        rows, cached = tokenize_corpus(recipe, tokenizer, corpus, packing=packing, seconds=seconds)
+        rows_note = "rows from the cache" if cached else "rows prepared and cached"
+    notes = [*corpus.notes, *([tokenizer_note] if tokenizer_note else []), rows_note]
+    return Prepared(corpus.raw, tokenizer, checkpoint, bert, rows, notes,
+                    {k: round(v, 3) for k, v in seconds.items()}, corpus.files.get("train", []))
 
 
 def run(recipe: PretrainRecipe, run_dir: Path, resume_from: Path | None = None, quiet: bool = False) -> dict:
@@ -90,8 +104,12 @@ def run(recipe: PretrainRecipe, run_dir: Path, resume_from: Path | None = None, 
     from bigmodel_cli.trainer.callbacks import GracefulStop, RunHeader, TimeBudget
 
     check_precision(recipe.training)
+    streaming = recipe.data.streaming
+    # A stream resumes where its checkpoint says (`stream.StreamedRows`), not by Trainer's skipping of
+    # batches; under a time budget the budget ends it, and Trainer wants a step count all the same.
+    stream_args = {"ignore_data_skip": True, **({"max_steps": 10**12} if recipe.training.max_steps <= 0 else {})}
     args = training_arguments(recipe.training, run_dir, quiet, prediction_loss_only=True,
-                              remove_unused_columns=False)
+                              remove_unused_columns=False, **(stream_args if streaming else {}))
     seed = recipe.training.seed
     set_seed(derive_seed(seed, "init"))
     # One process per machine prepares the data into the machine's cache (one in all where the cache is on a
@@ -114,8 +132,9 @@ def run(recipe: PretrainRecipe, run_dir: Path, resume_from: Path | None = None, 
         warmup = recipe.training.warmup_steps
         notes.append(f"{recipe.training.lr_scheduler_type} schedule over the budget's seconds, warm-up "
                      + (f"{int(warmup)} steps" if warmup >= 1 else f"{warmup:.0%} of the budget"))
-    header = RunHeader("pretrain", f"train {len(raw['train'])} lines in {len(train_rows)} sequences, "
-                       f"eval {len(raw['validation'])} lines", quiet, budget, notes)
+    trained = (f"train a stream of {len(data.files)} file{'s' if len(data.files) != 1 else ''}" if streaming and data.files
+               else "train a stream" if streaming else f"train {len(raw['train'])} lines in {len(train_rows)} sequences")
+    header = RunHeader("pretrain", f"{trained}, eval {len(raw['validation'])} lines", quiet, budget, notes)
     probability, words = recipe.data.mlm_probability, recipe.data.whole_word_masking
     trainer = MLMTrainer(
         model=model,
@@ -145,7 +164,10 @@ def run(recipe: PretrainRecipe, run_dir: Path, resume_from: Path | None = None, 
     metrics.update(flop_utilization(model.config, recipe.data.max_seq_length, metrics))
     metrics.update(trainer.evaluate())
     metrics["perplexity"] = perplexity(metrics["eval_loss"])
-    metrics["train_samples"] = len(raw["train"])
+    metrics.update({f"prepare_{phase}_seconds": value for phase, value in data.seconds.items()})
+    if trainer.first_step_seconds is not None:
+        metrics["first_step_seconds"] = trainer.first_step_seconds
+    metrics["train_samples"] = trainer.examples_trained() if streaming else len(raw["train"])
     metrics["eval_samples"] = len(raw["validation"])
     metrics["model_parameters"] = model.num_parameters()
     if trainer.is_world_process_zero():

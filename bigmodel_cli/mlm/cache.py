@@ -18,7 +18,7 @@ from pathlib import Path
 
 from bigmodel_cli.recipe import PretrainRecipe
 
-FORMAT = 1  # raised when what a folder holds changes: older folders are then never read
+FORMAT = 2  # raised when what a folder holds changes: older folders are then never read
 COMPLETE = "complete"  # the file whose presence marks a folder whole
 
 
@@ -42,9 +42,13 @@ def corpus_identity(recipe: PretrainRecipe, corpus, splits: tuple[str, ...]) -> 
         identity = {split: [file_identity(f) for f in corpus.files.get(split, [])] for split in splits}
         identity["text_column"] = data.text_column  # JSON Lines: which key is the text
         identity["encoding"] = data.encoding
+    elif corpus.streamed:  # a hub data set read as a stream: its name is all there is
+        identity = {"hub": [data.dataset_name, data.dataset_config_name, data.text_column]}
     else:
         identity = {"hub": [data.dataset_name, data.dataset_config_name, data.text_column],
                     "files": [file_identity(c["filename"]) for split in splits for c in corpus.raw[split].cache_files]}
+    if corpus.streamed:  # its tokenizer trains on the stream's first lines, its held-out lines are the first
+        identity["streamed"] = True
     identity["held_out"] = [data.validation_split_percentage, recipe.training.seed, data.max_train_samples,
                             data.max_eval_samples, bool(corpus.files.get("validation"))]
     return identity

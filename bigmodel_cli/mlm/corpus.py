@@ -40,6 +40,11 @@ class Corpus:
     raw: object
     files: dict[str, list[str]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
+    make_stream: object = None  # a streamed corpus (`stream_corpus`): the training stream, made anew
+
+    @property
+    def streamed(self) -> bool:
+        return self.make_stream is not None
 
 
 def expand(patterns: list[str], key: str) -> list[str]:
@@ -277,3 +282,73 @@ def bounded(texts: list[str]) -> list[str]:
     if all(len(t) <= MAX_LINE_CHARS for t in texts):
         return texts
     return [p for t in texts for p in pieces(t)]
+
+
+STREAM_HELD_OUT_LINES = 1000  # held out from the stream's start when no data.eval_files are given
+STREAM_TOKENIZER_LINES = 1_000_000  # a streamed corpus trains its tokenizer on this many of its first lines
+
+
+def stream_corpus(recipe: PretrainRecipe) -> Corpus:
+    """`data.streaming`: the training lines as a stream (`datasets`' IterableDataset, read as it is
+    consumed, never written to disk) and the held-out lines in memory: `data.eval_files`, else the
+    stream's first `data.max_eval_samples` (1000) lines, which training then skips. `corpus.make_stream()`
+    gives the training stream anew, for each pass."""
+    from datasets import Dataset, load_dataset
+
+    data = recipe.data
+    files: dict[str, list[str]] = {}
+    notes: list[str] = ["lines streamed"]
+    if data.train_files:
+        kept, blank = usable_files(expand(data.train_files, "data.train_files"), "data.train_files", recipe)
+        if blank:
+            notes.append(f"skipped {len(blank)} blank file{'s' if len(blank) > 1 else ''} of data.train_files")
+        if any(is_json_lines(f) for f in kept) and not all(is_json_lines(f) for f in kept):
+            raise BigmodelError("data.train_files: a stream reads one kind of file; give text files or JSON Lines files, "
+                                "not both (or set data.streaming=false)")
+        files["train"] = kept
+        builder = "json" if is_json_lines(kept[0]) else "text"
+
+        def open_stream():
+            return load_dataset(builder, data_files={"train": kept}, split="train", streaming=True, encoding=data.encoding)
+    else:
+        def open_stream():
+            try:
+                return load_dataset(data.dataset_name, data.dataset_config_name, split="train", streaming=True)
+            except Exception as e:
+                raise BigmodelError(f"data.dataset_name '{data.dataset_name}' could not be streamed ({type(e).__name__}); "
+                                    "offline, give local text files in data.train_files") from None
+
+    def lines():
+        stream = open_stream()
+        if data.text_column not in (stream.column_names or [data.text_column]):
+            raise BigmodelError(f"data.text_column '{data.text_column}' is not a column of the stream "
+                                f"(it has: {', '.join(stream.column_names)}); set data.text_column")
+        stream = stream.select_columns([data.text_column])
+        if data.text_column != "text":
+            stream = stream.rename_column(data.text_column, "text")
+        return stream.filter(lambda batch: [bool(t and t.strip()) for t in batch["text"]], batched=True)
+
+    held_out_count = 0
+    if data.eval_files:
+        kept, _ = usable_files(expand(data.eval_files, "data.eval_files"), "data.eval_files", recipe)
+        files["validation"] = kept
+        held_out = load_split(kept, "data.eval_files", recipe).filter(
+            lambda batch: [bool(t and t.strip()) for t in batch["text"]], batched=True)
+        if data.max_eval_samples:
+            held_out = held_out.select(range(min(data.max_eval_samples, len(held_out))))
+    else:
+        held_out_count = data.max_eval_samples or STREAM_HELD_OUT_LINES
+        held_out = Dataset.from_dict({"text": [row["text"] for row in lines().take(held_out_count)]})
+        if len(held_out) < held_out_count:
+            raise BigmodelError(f"data.streaming: the stream's first {held_out_count} lines are held out and it has only "
+                                f"{len(held_out)}, none left to train on; give data.eval_files or a smaller data.max_eval_samples")
+    if len(held_out) == 0:
+        raise BigmodelError("no held-out lines; give data.eval_files")
+
+    def make_stream():
+        stream = lines().skip(held_out_count) if held_out_count else lines()
+        return stream.take(data.max_train_samples) if data.max_train_samples else stream
+
+    corpus = Corpus({"train": make_stream(), "validation": held_out}, files, notes)
+    corpus.make_stream = make_stream
+    return corpus

@@ -38,8 +38,11 @@ def tokenize_lines(dataset, tokenizer, max_seq_length: int, num_proc: int | None
             pieces.extend([cls_id, *piece, sep_id] for piece in chunk_line(ids, max_seq_length - 2))
         return {"input_ids": pieces}
 
-    data = dataset.map(
-        encode, batched=True, remove_columns=dataset.column_names, num_proc=num_proc, desc="tokenizing"
+    from datasets import Features, List, Value
+
+    data = dataset.map(  # int32 ids: half the disk and memory of Python's int64
+        encode, batched=True, remove_columns=dataset.column_names, num_proc=num_proc, desc="tokenizing",
+        features=Features({"input_ids": List(Value("int32"))}),
     )
     return data.add_column("example_id", np.arange(len(data), dtype=np.int64))
 
@@ -164,13 +167,19 @@ def preprocessing_processes(recipe: PretrainRecipe, lines: int) -> int:
     return max(1, min(wanted, lines // 50_000))
 
 
-def tokenize_corpus(recipe: PretrainRecipe, tokenizer, corpus: Corpus, packing: bool) -> tuple[list, bool]:
+def tokenize_corpus(recipe: PretrainRecipe, tokenizer, corpus: Corpus, packing: bool,
+                    seconds: dict[str, float] | None = None) -> tuple[list, bool]:
     """Lines -> examples (long lines split, not dropped) -> rows (packed when `packing`), memory-mapped
     from the cache (`cache.py`: `rows/KEY`), which is made on the first run and read by every later
     one with the same corpus and settings. Returns ([train rows, held-out rows], whether they came
-    from the cache)."""
+    from the cache); adds the seconds spent tokenizing and packing to `seconds`."""
+    import time
+
     from datasets import Dataset
 
+    seconds = {} if seconds is None else seconds
+    seconds.setdefault("tokenize", 0.0)
+    seconds.setdefault("pack", 0.0)
     raw = corpus.raw
     folder = rows_folder(recipe, tokenizer, corpus, packing)
     splits = ("train", "validation")
@@ -178,9 +187,13 @@ def tokenize_corpus(recipe: PretrainRecipe, tokenizer, corpus: Corpus, packing: 
     if not cached:
         def fill(staging: Path) -> None:
             for split in splits:
+                start = time.perf_counter()
                 examples = tokenize_lines(raw[split], tokenizer, recipe.data.max_seq_length,
                                           preprocessing_processes(recipe, len(raw[split])))
+                packed_at = time.perf_counter()
                 packed_dataset(examples, recipe.data.max_seq_length, packing, staging / f"{split}.arrow")
+                seconds["tokenize"] += packed_at - start
+                seconds["pack"] += time.perf_counter() - packed_at
 
         cache.build(folder, fill)
     return [Dataset.from_file(str(folder / f"{split}.arrow")) for split in splits], cached

@@ -45,14 +45,38 @@ def line_batches(lines) -> Iterator[list[str]]:
 
 
 def continuing_pieces(tok, lines) -> list[str]:
-    """`##c` for every character c that follows another inside a pre-tokenized word, sorted."""
-    normalize, split = tok.normalizer.normalize_str, tok.pre_tokenizer.pre_tokenize_str
+    """`##c` for every character c that follows another inside a pre-tokenized word, sorted.
+
+    BERT's pre-tokenizer makes words of the runs of characters that are neither whitespace nor
+    punctuation (each punctuation mark is a word of its own), so c follows another inside a word
+    exactly where c and the character before it are both word characters. Each batch of lines is
+    normalized at once (the lines joined by a newline, which the normalizer makes a space: a word
+    boundary, as the end of a line is), and only characters not yet found are looked for in it."""
+    normalize = tok.normalizer.normalize_str
     found: set[str] = set()
+    never: set[str] = set()  # whitespace and punctuation: words of their own, or none
     for batch in line_batches(lines):
-        for line in batch:
-            for word, _ in split(normalize(line)):
-                found.update(word[1:])
+        text = normalize("\n".join(batch))
+        for c in set(text) - found - never:
+            if not is_word_char(c):
+                never.add(c)
+                continue
+            at = text.find(c, 1)
+            while at != -1:
+                if is_word_char(text[at - 1]):
+                    found.add(c)
+                    break
+                at = text.find(c, at + 1)
     return [f"##{c}" for c in sorted(found)]
+
+
+def is_word_char(c: str) -> bool:
+    """Neither whitespace nor punctuation as `tokenizers`' BertPreTokenizer defines them (Unicode
+    whitespace; ASCII punctuation or a Unicode punctuation category)."""
+    import string
+    import unicodedata
+
+    return not (c.isspace() or c in string.punctuation or unicodedata.category(c).startswith("P"))
 
 
 def train_wordpiece(lines, vocab_size: int, lowercase: bool, min_frequency: int, show_progress=True):
@@ -70,7 +94,7 @@ def train_wordpiece(lines, vocab_size: int, lowercase: bool, min_frequency: int,
         vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=SPECIAL_TOKENS + pieces,
         show_progress=show_progress,
     )
-    tok.train_from_iterator(line_batches(lines), trainer=trainer, length=len(lines))
+    tok.train_from_iterator(line_batches(lines), trainer=trainer, length=len(lines) if hasattr(lines, '__len__') else None)
     saved = json.loads(tok.to_str())  # the pieces were special only to fix their ids: plain vocabulary again
     saved["added_tokens"] = [t for t in saved["added_tokens"] if t["content"] in SPECIAL_TOKENS]
     tok = Tokenizer.from_str(json.dumps(saved))
@@ -115,7 +139,7 @@ def train_byte_level_bpe(lines, family: str, vocab_size: int, lowercase: bool, m
     tok.decoder = decoders.ByteLevel()
     trainer = trainers.BpeTrainer(vocab_size=vocab_size, min_frequency=min_frequency, special_tokens=specials,
                                   initial_alphabet=pre_tokenizers.ByteLevel.alphabet(), show_progress=show_progress)
-    tok.train_from_iterator(line_batches(lines), trainer=trainer, length=len(lines))
+    tok.train_from_iterator(line_batches(lines), trainer=trainer, length=len(lines) if hasattr(lines, '__len__') else None)
     if family == "roberta":
         bos, pad, eos, unk, mask = specials
         tok.post_processor = processors.RobertaProcessing((eos, tok.token_to_id(eos)), (bos, tok.token_to_id(bos)))
@@ -174,7 +198,10 @@ def get_tokenizer(recipe: PretrainRecipe, corpus, run_dir: Path | None) -> tuple
         cached = cache.is_complete(folder)
         note = "tokenizer from the cache" if cached else "tokenizer trained and cached"
         if not cached:
-            lines = train_lines.select_columns(["text"])  # streamed from its Arrow files in batches
+            from bigmodel_cli.mlm.corpus import STREAM_TOKENIZER_LINES
+
+            # streamed from its Arrow files in batches; a streamed corpus: its first lines
+            lines = train_lines.take(STREAM_TOKENIZER_LINES) if corpus.streamed else train_lines.select_columns(["text"])
             cache.build(folder, lambda staging: train_tokenizer(
                 recipe.model.type, lines, spec.vocab_size, spec.lowercase, spec.min_frequency).save_pretrained(str(staging)))
         if run_dir is not None:
@@ -187,7 +214,8 @@ def get_tokenizer(recipe: PretrainRecipe, corpus, run_dir: Path | None) -> tuple
         from bigmodel_cli.mlm.masking import word_start_table
 
         word_start_table(tokenizer)
-    sample = [row["text"] for row in train_lines.select(range(min(500, len(train_lines))))]
+    head = train_lines.take(500) if corpus.streamed else train_lines.select(range(min(500, len(train_lines))))
+    sample = [row["text"] for row in head]
     rate = unknown_rate(tokenizer, sample)
     if rate > MAX_UNKNOWN_RATE:
         raise BigmodelError(

@@ -62,6 +62,23 @@ class MLMTrainer(CountingTrainer):
         return {"model_flops_utilization": round(figures["model_flops_utilization"], 4)} \
             if "model_flops_utilization" in figures else {}
 
+    rng_checkpoint: str | None = None
+
+    def _load_rng_state(self, checkpoint) -> None:
+        """A streamed corpus resumes without Trainer's skipping of batches, so Trainer would restore
+        the random state before the loader starts, whose start draws from it (its base seed): the
+        state is restored at the first step instead, where the uninterrupted run had it."""
+        if checkpoint is not None and hasattr(self.train_dataset, "position_after"):
+            self.rng_checkpoint = checkpoint
+            return
+        super()._load_rng_state(checkpoint)
+
+    def training_step(self, model, inputs, num_items_in_batch=None):
+        if self.rng_checkpoint is not None:
+            super()._load_rng_state(self.rng_checkpoint)
+            self.rng_checkpoint = None
+        return super().training_step(model, inputs, num_items_in_batch)
+
     def get_batch_samples(self, epoch_iterator, num_batches: int, device):
         """Trainer's fetch of one step's micro-batches; a collator that leaves the masks to the device
         gets them drawn here, on the device, before Trainer counts the masked tokens of the step."""
@@ -122,15 +139,23 @@ class MLMTrainer(CountingTrainer):
         return super().finished_at(checkpoint)
 
     def extra_state(self) -> dict:
+        """The counts, the budget spent, and a streamed corpus's position after the rows trained so far
+        (`stream.py`), which the main process alone reads: it hands every process its share of each batch."""
         state = super().extra_state()
         if self.budget is not None:
             state["budget_seconds_spent"] = self.budget.elapsed()
+        if hasattr(self.train_dataset, "position_after") and self.args.process_index == 0:
+            args = self.args
+            per_step = args.per_device_train_batch_size * args.gradient_accumulation_steps * args.world_size
+            state["stream"] = self.train_dataset.position_after(self.state.global_step * per_step)
         return state
 
     def load_extra_state(self, state: dict) -> None:
         super().load_extra_state(state)
         if self.budget is not None and "budget_seconds_spent" in state:
             self.budget.resume_at(state["budget_seconds_spent"])
+        if "stream" in state:
+            self.train_dataset.load_state_dict(state["stream"])
 
 
 def encoder_parameters(model) -> list:

@@ -45,6 +45,7 @@ class CountingTrainer(AtomicCheckpoints, SeededSampling, Trainer):
         self.aside_seconds = 0.0  # spent evaluating and checkpointing inside train(): not training speed
         # (seconds, real tokens, examples, masked tokens, aside seconds) at the last training log: its window's start
         self.window: tuple[float, ...] | None = None
+        self.first_step_seconds: float | None = None  # from the process's start to its first training step
         self.add_callback(FiniteLossCheck(self))
 
     def _build_accelerator_args(self, **kwargs) -> dict:
@@ -61,6 +62,7 @@ class CountingTrainer(AtomicCheckpoints, SeededSampling, Trainer):
     def training_step(self, model, inputs, num_items_in_batch=None):
         if self.window is None:  # the first window starts with the first step (and shows its warm-up)
             self.window = (time.perf_counter(), 0.0, 0.0, 0.0, self.aside_seconds)  # nothing counted yet
+            self.first_step_seconds = round(time.time() - process_start(), 3)
         ids = inputs["input_ids"]
         real = (ids != self.pad_token_id).sum()
         if "position_ids" in inputs:  # packed rows: every line starts at position 0
@@ -169,6 +171,11 @@ class CountingTrainer(AtomicCheckpoints, SeededSampling, Trainer):
         metrics["train_loss"] = self.train_loss()
         return metrics
 
+    def examples_trained(self) -> int:
+        """The examples (lines, or their pieces) trained on, all processes together."""
+        (examples,) = summed_over_processes(self.read_sums()[1])
+        return int(examples)
+
     def train_loss(self) -> float:
         """The mean training loss over all steps of the run. Trainer's own `train_loss` averages only
         the steps since the last resume, so a resumed run would report another figure."""
@@ -189,6 +196,13 @@ class CountingTrainer(AtomicCheckpoints, SeededSampling, Trainer):
             "train_step_seconds": round(training, 3),
             "train_step_examples_per_second": round(examples / training, 3),
         }
+
+
+def process_start() -> float:
+    """When this process started (seconds since the epoch)."""
+    import psutil
+
+    return psutil.Process().create_time()
 
 
 def on_device(value, like: torch.Tensor) -> torch.Tensor:
