@@ -7,7 +7,7 @@ export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
 
-.PHONY: help install demo test test-slow lint bench bench-quick bench-eval bench-gpu clean
+.PHONY: help install demo test test-slow lint bench bench-quick bench-eval bench-gpu bench-scale clean
 
 help:  ## list the targets
 	@grep -E '^[a-z-]+:.*##' $(MAKEFILE_LIST) | sed 's/:.*## /\t/'
@@ -49,6 +49,9 @@ bench-gpu:  ## one GPU: ours vs run_glue.py / run_mlm.py, BERT-base fp32/bf16 MF
 
 bench-eval: install  ## fine-tuning's evaluation speed alone, ours vs run_glue.py (4 minutes)
 	$(BIN)/python benchmarks/bench.py --data $(DATA) --out bench-results/bench-eval.json --only eval
+
+bench-scale: install  ## big corpora (100 MB, 1 GB, 4 GB; SCALE_SIZES=100M,1G to choose): phases, peak RSS, cache disk, ours vs run_mlm.py (hours at 4 GB)
+	$(BIN)/python benchmarks/scale.py --data $(DATA) --out bench-results/scale.json --sizes $(or $(SCALE_SIZES),100M,1G,4G)
 
 clean:  ## remove runs and caches (keeps .venv)
 	rm -rf runs bench-results .pytest_cache
