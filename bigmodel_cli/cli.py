@@ -11,7 +11,7 @@ from pathlib import Path
 import typer
 
 from bigmodel_cli.errors import BigmodelError, write_failure
-from bigmodel_cli.processes import exit_process
+from bigmodel_cli.processes import exit_process, is_main
 
 app = typer.Typer(
     name="bigmodel",
@@ -99,16 +99,19 @@ def launch(
     machine_rank: int | None = typer.Option(None, "--machine-rank", min=0, help="This machine's rank, 0 to num-machines - 1."),
     main_process_ip: str | None = typer.Option(None, "--main-process-ip", help="Machine 0's address (several machines)."),
     main_process_port: int | None = typer.Option(None, "--main-process-port", help="A free port on machine 0."),
+    grace: float = typer.Option(120.0, "--grace", min=0, help="Seconds the workers get to save after a SIGTERM, "
+                                "SIGINT or SIGUSR1 sent to the launch, before it ends them."),
 ) -> None:
     """Run `pretrain` or `finetune` under Accelerate's launcher, in several processes or on several machines.
 
     `bigmodel launch -n 2 pretrain -r pretrain/bert-tiny` is `accelerate launch --multi_gpu --num_processes 2
     -m bigmodel_cli pretrain -r pretrain/bert-tiny`: a thin wrapper, nothing re-implemented. The recipe's
-    training.global_batch_size holds whatever the number of processes.
+    training.global_batch_size holds whatever the number of processes. It exits with the workers' own
+    code (75: stopped and saved, 3: diverged, 2: bad input) and passes signals to them.
     """
     from bigmodel_cli.commands import launch as job
 
-    job.command(ctx.args, num_processes, config, num_machines, machine_rank, main_process_ip, main_process_port)
+    job.command(ctx.args, num_processes, config, num_machines, machine_rank, main_process_ip, main_process_port, grace)
 
 
 @app.command()
@@ -231,7 +234,8 @@ def main() -> None:
     except BigmodelError as e:
         if debug:
             raise
-        print(f"error: {e}", file=sys.stderr)
+        if not e.agreed or is_main():  # one every process raised together: said once
+            print(f"error: {e}", file=sys.stderr)
         code = e.exit_code
     except usage_errors as e:  # a wrong flag or a missing option: usage and the fix, exit 2
         e.show()

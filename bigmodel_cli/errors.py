@@ -7,9 +7,10 @@ import os
 class BigmodelError(Exception):
     """Bad input or misuse. The CLI prints `error: <message>` and exits with `exit_code`."""
 
-    def __init__(self, message: str, exit_code: int = 2):
+    def __init__(self, message: str, exit_code: int = 2, agreed: bool = False):
         super().__init__(message)
         self.exit_code = exit_code
+        self.agreed = agreed  # raised by every process of a launch together: the main process says it
 
 
 def write_failure(error: BaseException) -> str | None:

@@ -70,6 +70,79 @@ def _collective(values, operation) -> list[float]:
     return shared.tolist()
 
 
+_CONTROL = None  # the gloo group of `control_group()`, made once
+
+
+def control_group():
+    """A gloo group over every process, for the run's decisions (stop, budget, divergence): its
+    tensors live on the CPU, so agreeing never waits for a GPU, whatever the training's backend (the
+    default group itself where it is gloo). None when not launched."""
+    global _CONTROL
+    dist = distributed()
+    if dist is None:
+        return None
+    if _CONTROL is None:
+        _CONTROL = dist.group.WORLD if dist.get_backend() == "gloo" else dist.new_group(backend="gloo")
+    return _CONTROL
+
+
+class Vote:
+    """Values every process agrees on, once a step, without waiting: each call posts this process's
+    values (an all-reduce of their maximum over `control_group()`, in flight while the next step
+    trains) and returns the agreed maximum of the previous call's. Every process makes the same
+    calls, so every process reads the same values at the same step, one step after they were
+    posted. In a single process the values come back at once."""
+
+    def __init__(self):
+        self.pending = None  # (tensor, work) of the last call
+
+    def __call__(self, *values: float) -> list[float] | None:
+        """The agreed values of the previous call (None at the first call of a launch)."""
+        import torch
+
+        group = control_group()
+        if group is None:
+            return [float(v) for v in values]
+        agreed = self.settle()
+        tensor = torch.tensor(values, dtype=torch.float64)
+        work = torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MAX, group=group, async_op=True)
+        self.pending = (tensor, work)
+        return agreed
+
+    def settle(self) -> list[float] | None:
+        """The agreed values of the call in flight, waited for (None if there is none)."""
+        if self.pending is None:
+            return None
+        tensor, work = self.pending
+        self.pending = None
+        work.wait()
+        return tensor.tolist()
+
+
+def agreed_minimum(value: float) -> float:
+    """The smallest of every process's `value` (as is, in a single process): a synchronous vote."""
+    import torch
+
+    group = control_group()
+    if group is None:
+        return value
+    tensor = torch.tensor([value], dtype=torch.float64)
+    torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MIN, group=group)
+    return tensor.item()
+
+
+def wait_for_everyone() -> None:
+    """Every process reaches this point before any goes on (nothing in a single process)."""
+    group = control_group()
+    if group is not None:
+        import torch
+
+        torch.distributed.barrier(group=group)
+
+
+EXIT_DIR = "BIGMODEL_EXIT_DIR"  # `bigmodel launch` reads each worker's exit code from here
+
+
 def exit_process(code: int) -> NoReturn:
     """End this process with `code`. A process of a launch (one in a gloo/NCCL group) leaves the
     group, runs the exit handlers and flushes its output, then ends without the interpreter's
@@ -77,6 +150,7 @@ def exit_process(code: int) -> NoReturn:
     C++ worker threads, and finalizing them aborted runs that had finished and saved (exit -6,
     "terminate called without an active exception"). Two gloo processes with DDP that leave the group
     and exit: 5 of 100 pairs aborted with a normal exit, 0 of 100 with this one."""
+    record_exit_code(code)
     torch = sys.modules.get("torch")  # never imported by --help or a bad flag: no group to leave
     if torch is None or not (torch.distributed.is_available() and torch.distributed.is_initialized()):
         sys.exit(code)
@@ -88,3 +162,16 @@ def exit_process(code: int) -> NoReturn:
     for stream in (sys.stdout, sys.stderr):
         stream.flush()
     os._exit(code)
+
+
+def record_exit_code(code: int) -> None:
+    """Under `bigmodel launch`, this process's exit code in $BIGMODEL_EXIT_DIR/rank-N: torchrun
+    reports any failure as 1, and the launcher returns the workers' own code (75 to requeue, 3 for
+    a diverged run, 2 for bad input)."""
+    folder = os.environ.get(EXIT_DIR)
+    if folder and os.path.isdir(folder):
+        try:
+            with open(os.path.join(folder, f"rank-{rank()}"), "w") as f:
+                f.write(str(code))
+        except OSError:
+            pass  # the launcher then reports the launch's own code

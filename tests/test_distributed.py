@@ -73,7 +73,7 @@ def test_two_processes_pretrain_like_one_with_the_same_global_batch(tmp_path, pr
     result = run_cli("launch", "--num-processes", "2", *[a for a in pretrain_args if a != "-q"], "-o", out / "run")
     assert result.returncode == 0, result.stderr[-3000:]
     # The per-device batch and accumulation are derived from the global batch, and said.
-    assert f"effective batch {GLOBAL_BATCH} (8 x 1 accumulation x 2 processes)" in result.stderr
+    assert f"effective batch {GLOBAL_BATCH} (8 x 1 accumulation x 2 processes, DDP over gloo)" in result.stderr
     assert result.stderr.count("bigmodel pretrain:") == 1  # the header comes from the main process only
     assert_single_run_dir(out, out / "run")
     assert_same_curve(pretrain_one, out / "run")

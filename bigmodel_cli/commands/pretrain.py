@@ -126,8 +126,8 @@ def run(recipe: PretrainRecipe, run_dir: Path, resume_from: Path | None = None, 
         notes.append(f"the fresh head trains alone for the first {recipe.model.fresh_head_warmup:.0%} of the run")
     if fresh and recipe.model.fresh_head_learning_rate:
         notes.append(f"the fresh head at learning rate {recipe.model.fresh_head_learning_rate:g}")
-    stop = GracefulStop()
     budget = TimeBudget(recipe.training.time_budget) if recipe.training.time_budget else None
+    stop = GracefulStop(budget)  # signals and the budget's end: one decision for every process
     if budget is not None:
         warmup = recipe.training.warmup_steps
         notes.append(f"{recipe.training.lr_scheduler_type} schedule over the budget's seconds, warm-up "

@@ -10,7 +10,7 @@ import torch
 from transformers import TrainerCallback
 
 from bigmodel_cli.errors import BigmodelError
-from bigmodel_cli.processes import same_on_every_process, world_size
+from bigmodel_cli.processes import Vote, wait_for_everyone, world_size
 from bigmodel_cli.recipe import BUDGET_SCHEDULES
 
 
@@ -18,7 +18,9 @@ class TimeBudget(TrainerCallback):
     """Ends training once `seconds` of wall-clock have passed, over all parts of a resumed run;
     `fraction()` is how much is spent, which the learning-rate schedule follows so that it reaches
     zero as the budget runs out. A checkpoint records the seconds spent (`elapsed()`), and a resumed
-    run starts its clock there (`resume_at`): the budget is spent once, the schedule continues."""
+    run starts its clock there (`resume_at`): the budget is spent once, the schedule continues.
+    Processes agree on the fraction spent (`GracefulStop`'s vote) so that they stop at the same step
+    with the same learning rate."""
 
     def __init__(self, seconds: float):
         self.seconds = seconds
@@ -44,13 +46,6 @@ class TimeBudget(TrainerCallback):
 
     def on_train_end(self, args, state, control, **kwargs):
         self.final = self.elapsed()  # what the run spent of the budget, all its parts together
-
-    def on_step_end(self, args, state, control, **kwargs):
-        (self.spent,) = same_on_every_process(min(1.0, self.elapsed() / self.seconds))
-        if self.spent >= 1.0:
-            control.should_training_stop = True
-            control.should_save = args.save_strategy != "no"
-        return control
 
 
 def budget_schedule(optimizer, budget: TimeBudget, warmup: float, kind: str = "linear"):
@@ -80,15 +75,24 @@ def budget_schedule(optimizer, budget: TimeBudget, warmup: float, kind: str = "l
 
 
 class GracefulStop(TrainerCallback):
-    """SIGTERM, SIGUSR1 (schedulers' warning) and Ctrl-C: finish the current step, save a
-    checkpoint, stop. `raise_if_stopped()` then exits 75 (EX_TEMPFAIL: requeue me); running the same
-    command again resumes. transformers' own SIGTERM checkpointing exits 0, so schedulers would not
-    requeue. A second Ctrl-C stops at once."""
+    """SIGTERM, SIGUSR1 (schedulers' warning) and Ctrl-C, and the end of a time budget: finish the
+    current step, save a checkpoint, stop. After a signal `raise_if_stopped()` then exits 75
+    (EX_TEMPFAIL: requeue me); running the same command again resumes. transformers' own SIGTERM
+    checkpointing exits 0, so schedulers would not requeue. A second Ctrl-C stops at once.
+
+    Launched, the processes decide together: each step end votes (`processes.Vote`: the signal one
+    process received, the budget's fraction spent), and every process reads the same outcome one
+    step later, so all of them stop at the same step, save one checkpoint and exit with the same
+    code. A process that stopped alone would checkpoint while the others waited in the next step's
+    all-reduce until a timeout."""
 
     SIGNALS = ("SIGTERM", "SIGUSR1", "SIGINT")
 
-    def __init__(self):
-        self.received: str | None = None
+    def __init__(self, budget: TimeBudget | None = None):
+        self.budget = budget
+        self.received: str | None = None  # the signal this process received
+        self.stopped_by: str | None = None  # the signal the processes agreed to stop for
+        self.vote = Vote()
         for name in self.SIGNALS:
             if hasattr(signal, name):
                 signal.signal(getattr(signal, name), self._handle)
@@ -99,19 +103,35 @@ class GracefulStop(TrainerCallback):
         self.received = signal.Signals(signum).name
 
     def on_step_end(self, args, state, control, **kwargs):
-        if self.received:
-            control.should_save = True
+        spent = min(1.0, self.budget.elapsed() / self.budget.seconds) if self.budget else 0.0
+        mine = getattr(signal, self.received).value if self.received else 0
+        agreed = self.vote(mine, spent)
+        if agreed is None:  # the first vote of a launch is still in flight
+            return control
+        signum, spent = int(agreed[0]), agreed[1]
+        if signum and self.stopped_by is None:
+            name = signal.Signals(signum).name
+            self.stopped_by = name if name == self.received else f"{name} (sent to another process)"
+        if self.budget is not None:
+            self.budget.spent = spent
+        if self.stopped_by or spent >= 1.0:
             control.should_training_stop = True
+            control.should_save = bool(self.stopped_by) or args.save_strategy != "no"
         return control
 
+    def on_train_end(self, args, state, control, **kwargs):
+        self.vote.settle()  # every process posted the same votes: none is left in flight
+
     def raise_if_stopped(self, trainer) -> None:
-        if self.received:
+        if self.stopped_by:
             signal.signal(signal.SIGINT, signal.SIG_IGN)  # saved and leaving: a second Ctrl-C now changes nothing
+            wait_for_everyone()  # none leaves while another still writes the checkpoint
             step = trainer.state.global_step
             raise BigmodelError(
-                f"stopped by {self.received} at step {step}; checkpoint-{step} saved in {trainer.args.output_dir}; "
+                f"stopped by {self.stopped_by} at step {step}; checkpoint-{step} saved in {trainer.args.output_dir}; "
                 "run the same command again to resume",
                 exit_code=75,
+                agreed=True,
             )
 
 
@@ -124,6 +144,7 @@ class RunHeader(TrainerCallback):
         self.notes = notes or []  # what bigmodel derived or chose, said once
 
     def on_train_begin(self, args, state, control, model=None, **kwargs):
+        check_engine()
         if self.quiet or not state.is_world_process_zero:
             return
         from rich.console import Console
@@ -141,10 +162,58 @@ class RunHeader(TrainerCallback):
             f"[bold]bigmodel {self.job}[/bold]: {name} {params / 1e6:.2f}M parameters | {self.data} | "
             f"{device}, {precision}, {torch.get_num_threads()} threads | effective batch {batch} "
             f"({args.per_device_train_batch_size} x {args.gradient_accumulation_steps} accumulation x {processes} "
-            f"process{'es' if processes > 1 else ''}) | {steps}" + "".join(f" | {note}" for note in self.notes),
+            f"process{'es' if processes > 1 else ''}{engine()}) | {steps}" + "".join(f" | {note}" for note in self.notes),
             highlight=False,
             soft_wrap=True,  # one line, however narrow the terminal: logs and greps keep it whole
         )
+
+
+def engine() -> str:
+    """How the processes share the training, as the run header says it after their count: DDP and
+    its backend, FSDP and its sharding, or the DeepSpeed ZeRO stage ("" for a single process)."""
+    from accelerate.state import AcceleratorState, DistributedType
+
+    if not AcceleratorState._shared_state:
+        return ""
+    state = AcceleratorState()
+    kind = state.distributed_type
+    if kind == DistributedType.FSDP:
+        plugin = state.fsdp_plugin
+        version = getattr(plugin, "fsdp_version", 1)
+        if version == 2:
+            sharding = "full shard" if plugin.reshard_after_forward else "shard grad op"
+        else:
+            sharding = str(plugin.sharding_strategy).rsplit(".", 1)[-1].lower().replace("_", " ")
+        return f", FSDP{version} {sharding}"
+    if kind == DistributedType.DEEPSPEED:
+        return f", DeepSpeed ZeRO-{state.deepspeed_plugin.zero_stage}"
+    if state.num_processes > 1:
+        import torch
+
+        backend = torch.distributed.get_backend() if torch.distributed.is_initialized() else state.backend
+        return f", DDP over {backend}"
+    return ""
+
+
+def check_engine() -> None:
+    """A launch config that asks for FSDP or DeepSpeed runs with it, or not at all: Accelerate would
+    otherwise train such a config as plain DDP where it cannot apply it (on a CPU, for one), and the
+    run would not be what its config says."""
+    import os
+
+    from accelerate.state import AcceleratorState, DistributedType
+
+    if not AcceleratorState._shared_state:
+        return
+    kind = AcceleratorState().distributed_type
+    for variable, wanted, name in (("ACCELERATE_USE_FSDP", DistributedType.FSDP, "FSDP"),
+                                   ("ACCELERATE_USE_DEEPSPEED", DistributedType.DEEPSPEED, "DeepSpeed")):
+        if os.environ.get(variable, "false").lower() == "true" and kind != wanted:
+            raise BigmodelError(
+                f"the launch config asks for {name}, but Accelerate set the run up as {kind.value} on this machine "
+                f"(it cannot apply {name} here); launch with --config accelerate/multi-gpu-ddp or -n N instead",
+                agreed=True,
+            )
 
 
 class BudgetProgress(TrainerCallback):

@@ -11,6 +11,7 @@ atomic checkpoints (`checkpoints.AtomicCheckpoints`).
 from __future__ import annotations
 
 import json
+import math
 import time
 from pathlib import Path
 
@@ -18,7 +19,7 @@ import torch
 from transformers import Trainer, TrainerCallback
 
 from bigmodel_cli.errors import BigmodelError
-from bigmodel_cli.processes import summed_over_processes, world_size
+from bigmodel_cli.processes import agreed_minimum, summed_over_processes, wait_for_everyone, world_size
 from bigmodel_cli.rundir import checkpoints
 from bigmodel_cli.trainer.callbacks import GracefulStop
 from bigmodel_cli.trainer.checkpoints import AtomicCheckpoints
@@ -114,17 +115,22 @@ class CountingTrainer(AtomicCheckpoints, SeededSampling, Trainer):
         """Stop with the step number once a step's loss was not finite (`logging_nan_inf_filter`
         would hide it, and the run would exit 0 with NaN weights). Called at logging steps, before
         every save and at the end, so no checkpoint holds the weights after a non-finite loss."""
-        if self.first_bad is None:
+        step, loss = self.first_bad.tolist() if self.first_bad is not None else (-1.0, 0.0)
+        # Agreed by every process (each reaches this point at the same steps): the first bad step of any. A
+        # process stopping alone would leave the others waiting in the next all-reduce until a timeout.
+        first = agreed_minimum(step if step >= 0 else math.inf)
+        if math.isinf(first):
             return
-        step, loss = self.first_bad.tolist()
-        if step < 0:
-            return
+        # Where another process's loss went bad first (this one's maybe later, through the gradients), it says so.
+        what = f"the training loss became {loss}" if step == first else "another process's training loss became not finite"
+        wait_for_everyone()
         kept = checkpoints(Path(self.args.output_dir))
         where = f"; the last good checkpoint is {kept[-1]}" if kept else ""
         raise BigmodelError(
-            f"the training loss became {loss} at step {int(step)}: training diverged; lower "
+            f"{what} at step {int(first)}: training diverged; lower "
             f"training.learning_rate (now {self.args.learning_rate}) or raise warmup_steps{where}",
             exit_code=3,
+            agreed=True,
         )
 
     def evaluate(self, *args, **kwargs):
