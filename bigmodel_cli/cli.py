@@ -21,6 +21,17 @@ app = typer.Typer(
     pretty_exceptions_enable=False,
     context_settings={"help_option_names": ["-h", "--help"]},
 )
+
+
+@app.callback()
+def options(
+    debug: bool = typer.Option(False, "--debug", help="On an error, show the traceback too (it may stand anywhere "
+                               "on the command line; BIGMODEL_DEBUG=1 does the same)."),
+) -> None:
+    """Pretrain, fine-tune and evaluate BERT models, one command each. Works offline."""
+    # `main` takes --debug off the command line before Typer reads it: listed here for --help.
+
+
 recipes_app = typer.Typer(help="List, show and copy the shipped recipes.", no_args_is_help=True)
 app.add_typer(recipes_app, name="recipes")
 
@@ -41,6 +52,10 @@ def pretrain(
     set_: list[str] | None = SetOpt,
     overwrite: bool = OverwriteOpt,
     quiet: bool = QuietOpt,
+    train_file: list[str] | None = typer.Option(None, "--train-file", help="Text to pretrain on, one example per "
+                                                "line; repeat for several (globs, .gz, .zst, .jsonl work). Default: the recipe's."),
+    validation_file: list[str] | None = typer.Option(None, "--validation-file", help="Held-out text (repeatable). "
+                                                     "Default: data.validation_split_percentage of the training lines."),
     prepare_only: bool = typer.Option(False, "--prepare-only", help="Only train the tokenizer and tokenize and pack "
                                       "the corpus into the cache ($BIGMODEL_CACHE), for runs to read; no run folder."),
 ) -> None:
@@ -53,7 +68,10 @@ def pretrain(
     """
     from bigmodel_cli.commands import pretrain as job
 
-    job.command(recipe, model, output_dir, set_, overwrite, quiet, prepare_only)
+    flags = {"model.name_or_path": model, "data.train_files": train_file or None,
+             # given training files and no held-out ones: held out from them, not the recipe's own held-out files
+             "data.eval_files": validation_file or ([] if train_file else None)}
+    job.command(recipe, flags, output_dir, set_, overwrite, quiet, prepare_only)
 
 
 @app.command()
@@ -94,7 +112,7 @@ def launch(
     num_processes: int | None = typer.Option(None, "--num-processes", "-n", min=1,
                                              help="Processes in all (all machines together). Default: the config's, else 1."),
     config: str | None = typer.Option(None, "--config", "-c", help="An Accelerate config file, or a shipped one: "
-                                      "accelerate/single-gpu-bf16, multi-gpu-ddp, fsdp, deepspeed-zero2, two-machines."),
+                                      "accelerate/single-gpu-bf16, multi-gpu-ddp, fsdp, deepspeed-zero2, two-machines, tpu-vm."),
     num_machines: int | None = typer.Option(None, "--num-machines", min=1, help="Machines taking part. Default: the config's, else 1."),
     machine_rank: int | None = typer.Option(None, "--machine-rank", min=0, help="This machine's rank, 0 to num-machines - 1."),
     main_process_ip: str | None = typer.Option(None, "--main-process-ip", help="Machine 0's address (several machines)."),
@@ -139,7 +157,8 @@ def evaluate(
     task: str | None = typer.Option(None, "--task", "-t", help="GLUE task, or 'mlm' for perplexity. Default: the model's own."),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="Folder with GLUE's own files; default: the hub."),
     data_file: Path | None = typer.Option(None, "--data-file", help="A labelled file (GLUE TSV, CSV, JSON, JSONL), or text for mlm."),
-    split: str = typer.Option("validation", "--split", help="train, validation (dev), test, or MNLI's validation_mismatched."),
+    split: str | None = typer.Option(None, "--split", help="train, validation (dev), test, or MNLI's validation_mismatched "
+                                     "(GLUE's files or the hub). Default: validation."),
     batch_size: int = typer.Option(32, "--batch-size", min=1,
                                    help="Examples per batch, length-sorted (on 2 CPU cores 32 ran 1.6x faster than 256)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line of stdout."),

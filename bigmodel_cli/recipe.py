@@ -463,9 +463,20 @@ RECIPE_FILE = "resolved_recipe.yaml"  # beside every model: the recipe a run use
 
 
 def dump_recipe(recipe: Section, path: Path, header: str) -> None:
-    """Write the resolved recipe: every value the run used, defaults included."""
+    """Write the resolved recipe: every value the run used, defaults included. A resume with the
+    same values leaves the file as it is; a new one replaces it whole (write, then rename), so a kill
+    never leaves half a recipe."""
+    import os
+
     text = yaml.safe_dump(recipe.model_dump(mode="json"), sort_keys=False)
-    path.write_text(f"# {header}\n{text}", encoding="utf-8")
+    try:
+        if path.read_text(encoding="utf-8").split("\n", 1)[1] == text:
+            return
+    except (OSError, UnicodeDecodeError, IndexError):
+        pass
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_text(f"# {header}\n{text}", encoding="utf-8")
+    os.replace(tmp, path)
 
 
 def read_saved_recipe(run_dir: str | Path, kind: str) -> Section | None:

@@ -92,6 +92,18 @@ def test_own_file_with_a_missing_label(tmp_path, pretrained):
                   "--model", pretrained, "-o", tmp_path / "run"), "example 2 has no label")
 
 
+def test_a_task_beside_own_files_is_refused_not_ignored(tmp_path, pretrained):
+    own = TINY / "mrpc-tiny" / "dev.tsv"
+    fails(run_cli("finetune", "--task", "mrpc", "--train-file", own, "--validation-file", own, "--model", pretrained,
+                  "-o", tmp_path / "run"), "--task mrpc and --train-file", "remove --task")
+    assert not (tmp_path / "run").exists()
+
+
+def test_a_split_beside_a_data_file_is_refused_not_ignored(tmp_path, pretrained):
+    fails(run_cli("eval", "--model", pretrained, "--task", "mlm", "--data-file", TINY / "tiny-corpus.txt",
+                  "--split", "train"), "--split train", "remove --split")
+
+
 def test_model_path_that_is_not_a_model(tmp_path):
     (tmp_path / "notamodel").mkdir()
     (tmp_path / "notamodel" / "notes.txt").write_text("hello")

@@ -16,6 +16,14 @@ def test_every_help_answers(command):
     assert result.returncode == 0 and "Usage" in result.stdout
 
 
+def test_help_lists_debug_which_shows_the_traceback_of_an_error(tmp_path):
+    assert "--debug" in run_cli("--help", timeout=30).stdout
+    bad = ["pretrain", "-r", tmp_path / "missing.yaml", "-o", tmp_path / "run"]
+    plain, debug = run_cli(*bad, timeout=60), run_cli(*bad, "--debug", timeout=60)
+    assert plain.returncode == 2 and debug.returncode != 0
+    assert "Traceback" not in plain.stderr and "Traceback" in debug.stderr, debug.stderr[-1500:]
+
+
 def test_pretrain_writes_a_model_that_learned(pretrained):
     from transformers import AutoModelForMaskedLM, AutoTokenizer
 
@@ -128,6 +136,7 @@ def test_time_budget_ends_the_run_and_the_bar_counts_seconds(tmp_path):
                      "--set", "training.max_steps=-1", env={"COLUMNS": "200"})
     assert result.returncode == 0, result.stderr[-2000:]
     assert "until the 3 s budget runs out" in result.stderr and "training (time budget)" in result.stderr
+    assert "the budget ends the run, not num_train_epochs" in result.stdout + result.stderr  # said, not silent
     metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
     assert 3 <= metrics["train_runtime"] < 30 and math.isfinite(metrics["perplexity"])
 

@@ -232,3 +232,32 @@ def test_the_pooler_alone_is_read_again_from_a_sharded_half_precision_checkpoint
     assert torch.equal(pooler.dense.bias, encoder.pooler.dense.bias.float())
     assert pooler.dense.weight.dtype == torch.float32 and not pooler.dense.weight.requires_grad
     assert model(input_ids=torch.tensor([[3, 4, 5]])).logits.shape == (1, 3, 60)
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(("step", "warming"), [(0, True), (30, False)])
+def test_the_warmup_clips_the_head_by_its_own_norm(step, warming):
+    """Trainer clips before the optimizer-step callback: the encoder's gradients go first, so the
+    clip (and the logged grad_norm) counts the head's gradients only while it warms up."""
+    import types
+
+    import torch
+    from transformers import BertConfig, BertForMaskedLM
+
+    from bigmodel_cli.mlm.trainer import HeadWarmup, MLMTrainer
+
+    model = BertForMaskedLM(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                       intermediate_size=32))
+    for parameter in model.parameters():
+        parameter.grad = torch.ones_like(parameter)
+    clipped = []
+    trainer = object.__new__(MLMTrainer)  # only what the clip reads
+    trainer.head_warmup = HeadWarmup(model, 0.25, budget=None)
+    trainer.state = types.SimpleNamespace(global_step=step, max_steps=100)
+    trainer.args = types.SimpleNamespace(max_grad_norm=1.0, fp16=False)
+    trainer.accelerator = types.SimpleNamespace(
+        clip_grad_norm_=lambda params, norm: clipped.append(sum(p.grad.numel() for p in params if p.grad is not None)))
+    trainer._has_mixed_mesh_grads = lambda model: False
+    trainer._clip_grad_norm(model)
+    head = sum(p.numel() for n, p in model.named_parameters() if not n.startswith("bert."))
+    assert clipped == [head if warming else model.num_parameters()]

@@ -126,3 +126,29 @@ def test_an_unknown_encoding_is_a_settings_error(tmp_path):
     assert result.returncode == 2 and "Traceback" not in result.stderr
     assert "data.encoding" in result.stderr and "'klingon' is not an encoding" in result.stderr
     assert not (tmp_path / "run").exists()
+
+
+@pytest.mark.smoke
+def test_train_and_validation_files_as_options_as_finetune_has_them(tmp_path):
+    """`pretrain --train-file a --train-file b --validation-file v`: the recipe's files replaced, the
+    held-out lines those of v; without --validation-file, held out from the given training files."""
+    import yaml
+
+    half = len(LINES) // 2
+    a, b, held = tmp_path / "a.txt", tmp_path / "b.txt", tmp_path / "held.txt"
+    a.write_text("\n".join(LINES[:half]) + "\n")
+    b.write_text("\n".join(LINES[half:]) + "\n")
+    held.write_text("\n".join(LINES[:40]) + "\n")
+    base = ["pretrain", "-r", "pretrain/tiny-debug", "-q", "--set", "training.max_steps=2"]
+    result = run_cli(*base, "--train-file", a, "--train-file", b, "--validation-file", held, "-o", tmp_path / "run")
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = yaml.safe_load((tmp_path / "run" / "resolved_recipe.yaml").read_text())["data"]
+    assert data["train_files"] == [str(a), str(b)] and data["eval_files"] == [str(held)]
+    metrics = json.loads((tmp_path / "run" / "metrics.json").read_text())
+    assert metrics["train_samples"] == len(LINES) and metrics["eval_samples"] == 40
+    result = run_cli(*base, "--train-file", a, "-o", tmp_path / "split")
+    assert result.returncode == 0, result.stderr[-3000:]
+    data = yaml.safe_load((tmp_path / "split" / "resolved_recipe.yaml").read_text())["data"]
+    assert data["train_files"] == [str(a)] and data["eval_files"] == []
+    metrics = json.loads((tmp_path / "split" / "metrics.json").read_text())
+    assert metrics["train_samples"] + metrics["eval_samples"] == half

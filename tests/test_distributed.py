@@ -138,7 +138,7 @@ def test_shipped_accelerate_configs_parse_with_accelerates_own_parser(path):
     first = path.read_text(encoding="utf-8").splitlines()[0]
     assert first.startswith("# bigmodel launch --config recipes/accelerate/") or first.startswith("# On machine 0:")
     expected = {"single-gpu-bf16": "NO", "multi-gpu-ddp": "MULTI_GPU", "fsdp": "FSDP",
-                "deepspeed-zero2": "DEEPSPEED", "two-machines": "MULTI_GPU"}[path.stem]
+                "deepspeed-zero2": "DEEPSPEED", "two-machines": "MULTI_GPU", "tpu-vm": "XLA"}[path.stem]
     assert str(config.distributed_type).split(".")[-1] == expected
     if path.stem == "two-machines":
         assert config.num_machines == 2 and config.num_processes == 16

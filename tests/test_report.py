@@ -70,3 +70,17 @@ def test_several_seeds_report_mean_and_spread(pretrained, tmp_path):
         assert summary[key]["std"] == pytest.approx(statistics.stdev(values))
     assert per_seed[0]["eval_loss"] != per_seed[1]["eval_loss"]  # two seeds, two runs: not one run twice
     assert "+-" in result.stderr
+    # The folder itself holds a usable model: the median seed's (the lower middle of an even count), said so.
+    chosen = summary["model"]
+    metric = chosen["chosen_by"].removeprefix("median ")
+    expected = min((0, 1), key=lambda seed: (per_seed[seed][metric], seed))
+    assert chosen["seed"] == expected and f"seed {expected}'s (median {metric})" in result.stderr
+    seed_dir = run_dir / f"seed-{expected}"
+    for name in ("model.safetensors", "config.json", "tokenizer.json", "resolved_recipe.yaml", "metrics.json"):
+        assert (run_dir / name).read_bytes() == (seed_dir / name).read_bytes(), name
+    from conftest import TINY
+
+    evaluated = run_cli("eval", "--model", run_dir, "--data-dir", TINY / "mrpc-tiny", "--json")
+    assert evaluated.returncode == 0, evaluated.stderr[-2000:]
+    assert json.loads(evaluated.stdout.strip().splitlines()[-1])["eval_accuracy"] == pytest.approx(
+        per_seed[expected]["eval_accuracy"], abs=1e-9)

@@ -254,3 +254,22 @@ def test_the_run_header_says_the_precision_and_compilation_the_run_has(tmp_path,
     RunHeader("finetune", "data").on_train_begin(args, TrainerState(), TrainerControl(),
                                                  model=BertForSequenceClassification(config))
     assert said in capsys.readouterr().err.replace(f", {torch.get_num_threads()} threads", " |")
+
+
+@pytest.mark.smoke
+def test_evaluating_by_steps_without_eval_steps_evaluates_where_it_saves(tmp_path, pretrained):
+    """Trainer alone would evaluate every logging_steps and save every save_steps: the best model
+    then picked among the saved steps only. Each evaluation gets its checkpoint, and the header says so."""
+    import json
+
+    from conftest import run_cli
+
+    run_dir = tmp_path / "run"
+    result = run_cli("finetune", "-r", "finetune/mrpc-tiny-debug", "--model", pretrained, "-o", run_dir,
+                     "--set", "training.eval_strategy=steps", "--set", "training.save_steps=5",
+                     "--set", "training.logging_steps=2", "--set", "training.num_train_epochs=1")
+    assert result.returncode == 0, result.stderr[-3000:]
+    assert "evaluated and saved every 5 steps" in result.stdout + result.stderr
+    state = json.loads((run_dir / "trainer_state.json").read_text())
+    evaluated = [e["step"] for e in state["log_history"] if "eval_loss" in e]
+    assert evaluated == [5, 10], evaluated

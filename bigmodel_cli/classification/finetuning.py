@@ -11,6 +11,7 @@ from pathlib import Path
 
 from bigmodel_cli.console import say, shown
 from bigmodel_cli.errors import BigmodelError
+from bigmodel_cli.processes import is_main
 from bigmodel_cli.recipe import FinetuneRecipe
 from bigmodel_cli.rundir import clean_metrics, open_run, write_json, write_model_card
 
@@ -42,7 +43,8 @@ def run(recipe: FinetuneRecipe, run_dir: Path, resume_from: Path | None = None, 
     best = best_epoch_arguments(recipe, task.best_metric)
     if best["load_best_model_at_end"]:
         notes.append(f"keeps the best {best['save_strategy'].removesuffix('s')}'s model by {best['metric_for_best_model']} "
-                     f"(a checkpoint at each evaluation)")
+                     + (f"(evaluated and saved every {best['eval_steps']:g} steps)" if "eval_steps" in best
+                        else "(a checkpoint at each evaluation)"))
     args = training_arguments(recipe.training, run_dir, quiet, **best, train_sampling_strategy="group_by_length")
     with args.main_process_first(local=False, desc="tokenizing"):
         train, validation = encode(raw["train"], tokenizer), encode(raw["validation"], tokenizer)
@@ -67,15 +69,16 @@ def run(recipe: FinetuneRecipe, run_dir: Path, resume_from: Path | None = None, 
                                        recipe.training.per_device_eval_batch_size, progress=not quiet))
     metrics["train_samples"], metrics["eval_samples"] = len(raw["train"]), len(raw["validation"])
     metrics["best_checkpoint"] = Path(trainer.state.best_model_checkpoint or "").name or None
+    trainer.save_model(str(run_dir))  # every process: FSDP gathers the shards, the main one writes
     if trainer.is_world_process_zero():
-        trainer.save_model(str(run_dir))
         trainer.save_state()  # trainer_state.json: the log history `bigmodel report` plots
-        write_json(run_dir / "metrics.json", clean_metrics(metrics))
         card(run_dir, recipe, task, metrics)
         if recipe.data.test_file:  # with the model in hand: no reload from the run directory
+            predictions = run_dir / "test_predictions.jsonl"
+            predictions.unlink(missing_ok=True)  # a run killed after writing it, before its metrics
             write_predictions(trainer.model, tokenizer, check_text_file(recipe.data.test_file, "data.test_file"),
-                              str(run_dir / "test_predictions.jsonl"), recipe.training.per_device_eval_batch_size,
-                              progress=not quiet)
+                              str(predictions), recipe.training.per_device_eval_batch_size, progress=not quiet)
+        write_json(run_dir / "metrics.json", clean_metrics(metrics))  # last: the mark of a finished run
     return metrics
 
 
@@ -107,12 +110,40 @@ def run_seeds(recipe: FinetuneRecipe, run_dir: Path, count: int, overwrite: bool
     for key in keys:
         values = [m[key] for m in per_seed.values()]
         result[key] = {"mean": statistics.fmean(values), "std": statistics.stdev(values), "values": values}
+    metric, seed = median_seed(run_dir / f"seed-{first}", per_seed)
+    result["model"] = {"seed": seed, "run": str(run_dir / f"seed-{seed}"), "chosen_by": f"median {metric}"}
+    if is_main():
+        copy_run(run_dir / f"seed-{seed}", run_dir)
     write_json(run_dir / "seeds_summary.json", result)
     if not quiet:
         for key in keys:
             say(f"{key:28s} {result[key]['mean']:.4f} +- {result[key]['std']:.4f}  over seeds {result['seeds']}")
-        say(f"per-seed runs and seeds_summary.json in {run_dir}")
+        say(f"per-seed runs and seeds_summary.json in {run_dir}; the model in it is seed {seed}'s (median {metric})")
     return result
+
+
+def median_seed(first_dir: Path, per_seed: dict[int, dict]) -> tuple[str, int]:
+    """(the task's main metric, the seed whose dev figure is the median: the lower middle one of an
+    even count). Its model, not the best seed's, is the one a user can expect again from one run."""
+    from transformers import AutoConfig
+
+    from bigmodel_cli.classification.tasks import task_from_model
+
+    metric = f"eval_{task_from_model(AutoConfig.from_pretrained(first_dir), None).best_metric}"
+    ranked = sorted(per_seed, key=lambda seed: (per_seed[seed][metric], seed))
+    return metric, ranked[(len(ranked) - 1) // 2]
+
+
+def copy_run(source: Path, run_dir: Path) -> None:
+    """The files of the run `source` (model, tokenizer, recipe, card, trainer state, predictions)
+    into `run_dir`, for eval, predict, report and --from-mnli to use; its metrics.json last."""
+    import shutil
+
+    files = sorted((p for p in source.iterdir() if p.is_file()), key=lambda p: p.name == "metrics.json")
+    for path in files:
+        tmp = run_dir / f".{path.name}.tmp"
+        shutil.copy2(path, tmp)
+        tmp.replace(run_dir / path.name)
 
 
 def best_epoch_arguments(recipe: FinetuneRecipe, best_metric: str) -> dict:
@@ -145,6 +176,8 @@ def best_epoch_arguments(recipe: FinetuneRecipe, best_metric: str) -> dict:
         "greater_is_better": True,
         "save_strategy": training.eval_strategy,
         "save_steps": every,
+        # given no eval_steps, Trainer would evaluate every logging_steps: the best then chosen among saved steps only
+        **({"eval_steps": every} if training.eval_strategy == "steps" else {}),
     }
 
 

@@ -226,12 +226,20 @@ def write_predictions(model, tokenizer, path: Path, output: str | None, batch_si
 
 @contextmanager
 def sink(output: str | None):
-    """The output file (closed afterwards), or stdout (left open)."""
+    """The output file (closed afterwards), or stdout (left open). The file is written beside it under
+    a hidden name and renamed when complete: a crash leaves no partial file that blocks the rerun."""
     if output is None:
         yield sys.stdout
         return
-    with open(output, "w", encoding="utf-8") as f:
-        yield f
+    import os
+
+    partial = Path(output).with_name(f".{Path(output).name}.partial")
+    try:
+        with open(partial, "w", encoding="utf-8") as f:
+            yield f
+        os.replace(partial, output)
+    finally:
+        partial.unlink(missing_ok=True)
 
 
 def _flush(model, tokenizer, chunk, columns, batch_size, out, bar) -> int:

@@ -15,9 +15,13 @@ from bigmodel_cli.models import load_tokenizer
 from bigmodel_cli.recipe import FinetuneRecipe, LabelledDataSection, PretrainRecipe, read_saved_recipe
 
 
-def command(model: str, task: str | None, split: str, data_dir: str | None, data_file: str | None, batch_size: int,
-            as_json: bool) -> None:
+def command(model: str, task: str | None, split: str | None, data_dir: str | None, data_file: str | None,
+            batch_size: int, as_json: bool) -> None:
     setup(True)
+    if split is not None and data_file:
+        raise BigmodelError(f"--split {split} picks one of GLUE's splits (--data-dir or the hub), not part of "
+                            f"--data-file {data_file}: remove --split, or give the split's own file")
+    split = split or "validation"
     if task and task.lower() == "mlm":
         metrics = evaluate_mlm_on(model, data_file, batch_size)
     else:

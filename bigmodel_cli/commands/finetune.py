@@ -7,6 +7,7 @@ from __future__ import annotations
 from pathlib import Path
 
 from bigmodel_cli.console import setup, summary
+from bigmodel_cli.errors import BigmodelError
 from bigmodel_cli.recipe import list_recipes, load_recipe, recipe_name
 from bigmodel_cli.rundir import open_run
 
@@ -15,6 +16,9 @@ def command(task: str | None, flags: dict, recipe: str | None, output_dir: Path 
             seeds: int, overwrite: bool, quiet: bool) -> None:
     """The command line's `finetune`: `flags` are the recipe keys its options set (None: unset)."""
     setup(quiet)
+    if task and flags.get("data.train_file"):
+        raise BigmodelError(f"--task {task} and --train-file: your own files are not a GLUE task (their labels "
+                            "decide the metric); remove --task, or --train-file to train on GLUE's data")
     if recipe is None:
         shipped = f"finetune/{task.lower()}" if task else "finetune/custom"
         recipe = shipped if shipped in list_recipes() else "finetune/custom"

@@ -17,13 +17,14 @@ SUMMARY_KEYS = ["train_samples", "train_runtime", "train_tokens_per_second", "tr
                 "model_parameters", "model_flops_utilization"]
 
 
-def command(recipe: str | None, model: str | None, output_dir: Path | None, overrides: list[str] | None,
+def command(recipe: str | None, flags: dict, output_dir: Path | None, overrides: list[str] | None,
             overwrite: bool, quiet: bool, prepare_only: bool = False) -> None:
-    """The command line's `pretrain`: recipe, run directory (resuming an unfinished run), run, summary;
-    with `prepare_only`, the tokenizer and rows into the cache and nothing else."""
+    """The command line's `pretrain` (`flags`: the recipe keys its options set, None: unset): recipe,
+    run directory (resuming an unfinished run), run, summary; with `prepare_only`, the tokenizer and
+    rows into the cache and nothing else."""
     setup(quiet)
-    recipe = recipe or ("pretrain/continue" if model else "pretrain/bert-tiny")
-    loaded, _ = load_recipe("pretrain", recipe, flags={"model.name_or_path": model}, overrides=overrides)
+    recipe = recipe or ("pretrain/continue" if flags.get("model.name_or_path") else "pretrain/bert-tiny")
+    loaded, _ = load_recipe("pretrain", recipe, flags=flags, overrides=overrides)
     if loaded.training.load_best_model_at_end:
         raise BigmodelError("training.load_best_model_at_end: pretrain keeps the last model (its held-out "
                             "perplexity is measured at the end); remove the key or set it false")
@@ -132,6 +133,9 @@ def run(recipe: PretrainRecipe, run_dir: Path, resume_from: Path | None = None, 
         warmup = recipe.training.warmup_steps
         notes.append(f"{recipe.training.lr_scheduler_type} schedule over the budget's seconds, warm-up "
                      + (f"{int(warmup)} steps" if warmup >= 1 else f"{warmup:.0%} of the budget"))
+        steps = recipe.training.max_steps
+        notes.append(f"the budget ends the run{f' (or max_steps {steps}, if sooner)' if steps > 0 else ''}, "
+                     f"not num_train_epochs {recipe.training.num_train_epochs:g}")
     trained = (f"train a stream of {len(data.files)} file{'s' if len(data.files) != 1 else ''}" if streaming and data.files
                else "train a stream" if streaming else f"train {len(raw['train'])} lines in {len(train_rows)} sequences")
     header = RunHeader("pretrain", f"{trained}, eval {len(raw['validation'])} lines", quiet, budget, notes)
@@ -170,9 +174,11 @@ def run(recipe: PretrainRecipe, run_dir: Path, resume_from: Path | None = None, 
     metrics["train_samples"] = trainer.examples_trained() if streaming else len(raw["train"])
     metrics["eval_samples"] = len(raw["validation"])
     metrics["model_parameters"] = model.num_parameters()
+    weights = trainer.full_state_dict()  # every process: FSDP gathers the shards
     if trainer.is_world_process_zero():
-        save(model, tokenizer, run_dir, clean_metrics(metrics), recipe)
+        save(model, weights, tokenizer, run_dir, clean_metrics(metrics), recipe)
         trainer.save_state()  # trainer_state.json: the log history `bigmodel report` plots
+        write_json(run_dir / "metrics.json", clean_metrics(metrics))  # last: the mark of a finished run
     return metrics
 
 
@@ -185,8 +191,9 @@ def flop_utilization(config, seq_length: int, metrics: dict) -> dict:
                        metrics["train_step_seconds"], this_gpu())
 
 
-def save(model, tokenizer, run_dir: Path, metrics: dict, recipe: PretrainRecipe) -> None:
-    """The model as a plain `BertForMaskedLM` (safetensors), tokenizer, metrics, model card."""
+def save(model, weights: dict, tokenizer, run_dir: Path, metrics: dict, recipe: PretrainRecipe) -> None:
+    """The model (its `weights`: the whole state dict, gathered) as a plain `BertForMaskedLM`
+    (safetensors), tokenizer, metrics, model card."""
     from transformers import BertForMaskedLM
 
     from bigmodel_cli.mlm.head import SparseHeadBertForMaskedLM
@@ -194,12 +201,12 @@ def save(model, tokenizer, run_dir: Path, metrics: dict, recipe: PretrainRecipe)
     if isinstance(model, SparseHeadBertForMaskedLM):  # saved as the stock class: loads anywhere
         plain = BertForMaskedLM(model.config)
         plain.bert.pooler = model.bert.pooler  # a continued checkpoint's (`keep_pooler`), else None
-        plain.load_state_dict(model.state_dict())
         model = plain
-    model.save_pretrained(str(run_dir))
+    if "cls.predictions.decoder.bias" in weights and "cls.predictions.bias" not in weights:  # untied under FSDP
+        weights["cls.predictions.bias"] = weights["cls.predictions.decoder.bias"]
+    model.save_pretrained(str(run_dir), state_dict=weights)
     tokenizer.model_max_length = recipe.data.max_seq_length
     tokenizer.save_pretrained(str(run_dir))
-    write_json(run_dir / "metrics.json", metrics)
     write_model_card(
         run_dir,
         title=(f"{recipe.model.name_or_path}, pretraining continued" if recipe.model.name_or_path else

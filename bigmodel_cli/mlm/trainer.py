@@ -19,6 +19,9 @@ class MLMTrainer(CountingTrainer):
     def __init__(self, *args, eval_data_collator=None, budget: TimeBudget | None = None, head_warmup: float = 0.0,
                  head_learning_rate: float | None = None, seq_length: int | None = None, **kwargs):
         super().__init__(*args, **kwargs)
+        check_head_warmup(head_warmup, self.is_deepspeed_enabled)
+        if self.is_fsdp_enabled:
+            untie_head_bias(self.model)
         if budget is not None and not self.args.disable_tqdm:  # a bar in seconds, not in unknown steps
             from transformers.trainer_callback import ProgressCallback
 
@@ -29,8 +32,9 @@ class MLMTrainer(CountingTrainer):
         self.add_callback(EpochToCollator(self.data_collator))
         # a collator that leaves the masks to the device: drawn in `get_batch_samples`
         self.device_masks = DeviceMasks(self.data_collator) if getattr(self.data_collator, "on_device", False) else None
-        if head_warmup > 0:
-            self.add_callback(HeadWarmup(self.model, head_warmup, budget))
+        self.head_warmup = HeadWarmup(self.model, head_warmup, budget) if head_warmup > 0 else None
+        if self.head_warmup is not None:
+            self.add_callback(self.head_warmup)
         self.head_learning_rate = head_learning_rate
         self.seq_length = seq_length  # the rows' length: the attention term of the FLOP count
 
@@ -50,6 +54,14 @@ class MLMTrainer(CountingTrainer):
                 if params:
                     optimizer.add_param_group({**group, "params": params, "lr": lr})
         return optimizer
+
+    def _clip_grad_norm(self, model):
+        """Trainer's clipping, with the encoder's gradients dropped first during the head's warm-up:
+        the head is clipped by its own norm (and the logged `grad_norm` is the head's), not by a norm
+        that counts gradients thrown away after the clip."""
+        if self.head_warmup is not None:
+            self.head_warmup.drop_encoder_gradients(self.state)
+        return super()._clip_grad_norm(model)
 
     def window_figures(self, tokens: float, masked: float, seconds: float) -> dict[str, float]:
         """A training log's model FLOP utilisation over its window, on a GPU of known peak (the
@@ -158,6 +170,30 @@ class MLMTrainer(CountingTrainer):
             self.train_dataset.load_state_dict(state["stream"])
 
 
+def check_head_warmup(head_warmup: float, deepspeed: bool) -> None:
+    """DeepSpeed steps the optimizer inside `backward()`, before the warm-up can drop the encoder's
+    gradients: the warm-up would do nothing while the header said it did. Refused instead."""
+    if head_warmup > 0 and deepspeed:
+        from bigmodel_cli.errors import BigmodelError
+
+        raise BigmodelError("model.fresh_head_warmup: DeepSpeed steps the optimizer inside backward(), so the fresh "
+                            "head cannot train alone first; set model.fresh_head_warmup=0, or launch with "
+                            "--config accelerate/multi-gpu-ddp or accelerate/fsdp", agreed=True)
+
+
+def untie_head_bias(model) -> None:
+    """BERT's MLM head holds its output bias twice (`cls.predictions.bias`, tied to the decoder's).
+    Accelerate's FSDP2 puts the decoder in a group of its own and the head in the root group, and
+    torch refuses a parameter seen by two groups. Under FSDP the decoder keeps the one bias; the
+    saved model has both names again (`pretrain.save`), as `BertForMaskedLM` loads it."""
+    head = getattr(getattr(model, "cls", None), "predictions", None)
+    if head is None or getattr(head, "bias", None) is None or head.decoder.bias is not head.bias:
+        return
+    del head._parameters["bias"]
+    untied = {k: v for k, v in model.all_tied_weights_keys.items() if k != "cls.predictions.decoder.bias"}
+    model._tied_weights_keys = model.all_tied_weights_keys = untied
+
+
 def encoder_parameters(model) -> list:
     """The parameters of the masked LM's encoder (the tied decoder's word embeddings among them); the
     rest are its head's. The split that the head's warm-up and its learning rate both go by."""
@@ -181,7 +217,10 @@ class HeadWarmup(TrainerCallback):
             return self.budget.fraction() < self.share
         return state.global_step < self.share * state.max_steps
 
-    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+    def drop_encoder_gradients(self, state) -> None:
         if self.warming(state):
             for parameter in self.encoder:
                 parameter.grad = None
+
+    def on_pre_optimizer_step(self, args, state, control, **kwargs):
+        self.drop_encoder_gradients(state)  # done before the clip already, when one runs

@@ -48,12 +48,14 @@ def batch_layout(training: TrainingSection, processes: int) -> tuple[int, int]:
 
 def on_gpu(setting: bool | None) -> bool:
     """A recipe switch whose null means "on where training runs on a GPU" (data.mask_on_device,
-    data.pad_to_buckets): work that pays on a GPU and costs on a CPU."""
+    data.pad_to_buckets): work that pays on a GPU (or a TPU: XLA needs the few shapes the buckets
+    give) and costs on a CPU."""
     if setting is not None:
         return setting
     import torch
+    from accelerate.utils import is_torch_xla_available
 
-    return torch.cuda.is_available()
+    return torch.cuda.is_available() or is_torch_xla_available()
 
 
 def check_precision(training: TrainingSection) -> None:

@@ -203,15 +203,20 @@ def check_engine() -> None:
 
     from accelerate.state import AcceleratorState, DistributedType
 
-    if not AcceleratorState._shared_state:
-        return
-    kind = AcceleratorState().distributed_type
+    if AcceleratorState._shared_state:
+        kind = AcceleratorState().distributed_type
+    else:  # before the Accelerator is made (`trainer.fsdp_on_cpu`): the processes' own type
+        from accelerate.state import PartialState
+
+        kind = PartialState().distributed_type
     for variable, wanted, name in (("ACCELERATE_USE_FSDP", DistributedType.FSDP, "FSDP"),
                                    ("ACCELERATE_USE_DEEPSPEED", DistributedType.DEEPSPEED, "DeepSpeed")):
         if os.environ.get(variable, "false").lower() == "true" and kind != wanted:
             raise BigmodelError(
                 f"the launch config asks for {name}, but Accelerate set the run up as {kind.value} on this machine "
-                f"(it cannot apply {name} here); launch with --config accelerate/multi-gpu-ddp or -n N instead",
+                f"(it cannot apply {name} here); "
+                + ("set fsdp_version: 2 in the config (FSDP2 runs on CPU processes too), or " if name == "FSDP" else "")
+                + "launch with --config accelerate/multi-gpu-ddp or -n N instead",
                 agreed=True,
             )
 

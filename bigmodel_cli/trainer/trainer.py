@@ -58,7 +58,28 @@ class CountingTrainer(AtomicCheckpoints, SeededSampling, Trainer):
             from accelerate.utils import TorchDynamoPlugin
 
             args["dynamo_plugin"] = TorchDynamoPlugin(backend="no")
+        fsdp_on_cpu(args)
         return args
+
+    def save_model(self, output_dir: str | None = None, _internal_call: bool = False) -> None:
+        """Trainer's save, and under FSDP with sharded checkpoints the whole model as well: Trainer
+        writes no weights there (only the checkpoint's shards), so a run folder would have none.
+        Every process calls it (the weights are gathered from all of them); the main one writes."""
+        if self.is_fsdp_enabled and "FULL_STATE_DICT" not in str(self.accelerator.state.fsdp_plugin.state_dict_type):
+            state_dict = self.accelerator.get_state_dict(self.model)  # a collective: every process
+            if self.args.should_save:
+                self._save(output_dir or self.args.output_dir, state_dict=state_dict)
+            return
+        super().save_model(output_dir, _internal_call)
+
+    def full_state_dict(self) -> dict | None:
+        """The model's whole state dict on the main process (None on the others), gathered from every
+        process's shards under FSDP: every process calls it."""
+        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+            state_dict = self.accelerator.get_state_dict(self.model)
+        else:
+            state_dict = self.accelerator.unwrap_model(self.model).state_dict()
+        return state_dict if self.args.should_save else None
 
     def training_step(self, model, inputs, num_items_in_batch=None):
         if self.window is None:  # the first window starts with the first step (and shows its warm-up)
@@ -202,6 +223,39 @@ class CountingTrainer(AtomicCheckpoints, SeededSampling, Trainer):
             "train_step_seconds": round(training, 3),
             "train_step_examples_per_second": round(examples / training, 3),
         }
+
+
+def fsdp_on_cpu(args: dict) -> None:
+    """FSDP2 where Accelerate would not apply it: on CPU processes (gloo), which Accelerate sets up
+    as plain multi-process training whatever the launch config says. torch's `fully_shard` runs
+    there, so the config runs as written (and a CPU machine tests the FSDP path: sharded training,
+    the gathered save, resume). FSDP1 stays refused (`callbacks.check_engine`)."""
+    import os
+
+    from accelerate.state import AcceleratorState, DistributedType, PartialState
+    from accelerate.utils import FullyShardedDataParallelPlugin
+
+    if (os.environ.get("ACCELERATE_USE_FSDP", "false").lower() != "true" or AcceleratorState._shared_state
+            or PartialState().distributed_type != DistributedType.MULTI_CPU):
+        return
+    if os.environ.get("FSDP_VERSION", "2") != "2" and args.get("fsdp_plugin") is None:
+        from bigmodel_cli.trainer.callbacks import check_engine
+
+        check_engine()  # FSDP1 on CPU processes: the one-line refusal (its plugin would fail to build)
+    plugin = args.get("fsdp_plugin") or FullyShardedDataParallelPlugin()
+    if plugin.fsdp_version != 2:
+        return
+    from accelerate.utils import TorchDynamoPlugin
+
+    state = AcceleratorState(mixed_precision=args.get("mixed_precision"), cpu=args.get("cpu", False),
+                             dynamo_plugin=args.get("dynamo_plugin") or TorchDynamoPlugin(), fsdp_plugin=plugin,
+                             _from_accelerator=True)  # as `Accelerator` makes it, which then finds it made
+    # Said to both: `AcceleratorState()` copies the partial state's type over its own at each call.
+    PartialState._shared_state["distributed_type"] = state.distributed_type = DistributedType.FSDP
+    if state._mixed_precision != "no":
+        plugin.set_mixed_precision(state._mixed_precision)
+    state.fsdp_plugin = plugin
+    args["fsdp_plugin"] = plugin
 
 
 def process_start() -> float:
