@@ -36,9 +36,63 @@ class Section(BaseModel):
 # --------------------------------------------------------------------------------------------
 # Shared: the Trainer's own arguments, under their TrainingArguments names.
 # --------------------------------------------------------------------------------------------
+# TrainingArguments fields that bigmodel sets itself, and where the user sets them instead.
+MANAGED_TRAINER_KEYS = {
+    "output_dir": "give --output-dir",
+    "disable_tqdm": "give --quiet",
+    "use_cpu": "bigmodel trains on the GPU where there is one",
+    "logging_nan_inf_filter": "bigmodel stops at the first non-finite loss",
+    "fsdp": "launch with --config accelerate/fsdp",
+    "deepspeed": "launch with --config accelerate/deepspeed-zero2",
+    "local_rank": "the launcher sets it",
+}
+
+
+def trainer_fields() -> set[str]:
+    """The fields `transformers.TrainingArguments` takes."""
+    import dataclasses
+
+    from transformers import TrainingArguments
+
+    return {f.name for f in dataclasses.fields(TrainingArguments) if f.init}
+
+
+def training_key_problems(section) -> dict[str, str]:
+    """{key: what is wrong} for each key of a training section that is neither bigmodel's nor a
+    `TrainingArguments` field (the nearest named), or one bigmodel sets itself."""
+    if not isinstance(section, dict):
+        return {}
+    unknown = [key for key in section if key not in TrainingSection.model_fields]
+    if not unknown:
+        return {}
+    fields, problems = trainer_fields(), {}
+    for key in unknown:
+        if key in MANAGED_TRAINER_KEYS:
+            problems[key] = f"training.{key} is bigmodel's to set: {MANAGED_TRAINER_KEYS[key]}"
+        elif key not in fields:
+            near = difflib.get_close_matches(key, [*TrainingSection.model_fields, *fields], n=1, cutoff=0.5)
+            hint = f" (did you mean 'training.{near[0]}'?)" if near else ""
+            problems[key] = f"unknown key 'training.{key}'{hint}: neither a bigmodel key nor a TrainingArguments field"
+    return problems
+
+
 class TrainingSection(Section):
     """Fields named as in `transformers.TrainingArguments`, so `--set training.X=...` means what a
-    Hugging Face user expects. `time_budget` is bigmodel's own."""
+    Hugging Face user expects. `time_budget` is bigmodel's own. Any other `TrainingArguments` field
+    (`gradient_checkpointing`, `lr_scheduler_kwargs`, ...) passes through to Trainer as given; a key
+    that is neither is refused, naming the nearest."""
+
+    model_config = ConfigDict(extra="allow", validate_assignment=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _trainer_keys(cls, data):
+        if not isinstance(data, dict):
+            return data
+        problems = training_key_problems(data)
+        if problems:
+            raise ValueError("; ".join(problems.values()))
+        return data
 
     learning_rate: float = Field(5e-5, gt=0)  # peak learning rate of the schedule
     num_train_epochs: float = Field(3.0, gt=0)  # passes over the training set (max_steps wins if > 0)
@@ -352,8 +406,8 @@ def _nearest_key(model: type[BaseModel], loc: tuple) -> str | None:
     return ".".join([*map(str, loc[:-1]), match[0]]) if match else None
 
 
-def describe_errors(error: ValidationError, model: type[BaseModel], origin: str) -> str:
-    problems = []
+def describe_errors(error: ValidationError, model: type[BaseModel], origin: str, problems: list[str] | None = None) -> str:
+    problems = list(problems or [])
     for item in error.errors():
         loc = tuple(p for p in item["loc"] if not isinstance(p, int) or len(item["loc"]) == 1)
         key = ".".join(str(p) for p in item["loc"])
@@ -398,10 +452,15 @@ def load_recipe(
         _set_nested(tree, keys, value, f"--set {text}")
     launch_settings(tree, f"recipe {path}")
     model = RECIPE_TYPES[kind]
+    # Keys that are no TrainingArguments field: said with every other problem, not alone
+    wrong = training_key_problems(tree.get("training"))
+    checked = {**tree, "training": {k: v for k, v in tree["training"].items() if k not in wrong}} if wrong else tree
     try:
-        recipe = model.model_validate(tree)
+        recipe = model.model_validate(checked)
     except ValidationError as e:
-        raise BigmodelError(describe_errors(e, model, f"recipe {path}")) from None
+        raise BigmodelError(describe_errors(e, model, f"recipe {path}", list(wrong.values()))) from None
+    if wrong:
+        raise BigmodelError(f"recipe {path}: " + "; ".join(wrong.values()))
     resolve_paths(recipe, path.parent)
     return recipe, tree
 

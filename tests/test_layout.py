@@ -180,3 +180,26 @@ def test_tiny_debug_metrics_are_those_pinned_before_the_redesign(tmp_path):
                 assert now[key] == pytest.approx(value, rel=1e-6, abs=1e-9), (name, key)
             else:
                 assert now[key] == value, (name, key)
+
+
+@pytest.mark.unit
+def test_private_trainer_internals_are_listed_and_still_exist():
+    """Every private `Trainer` name the package uses is in `trainer.PRIVATE_TRAINER_HOOKS`, with why,
+    and still exists in the installed transformers: an upgrade that renames one fails here, by name."""
+    import re
+
+    from transformers import Trainer
+
+    from bigmodel_cli.trainer import PRIVATE_TRAINER_HOOKS
+
+    gone = [name for name in PRIVATE_TRAINER_HOOKS if not hasattr(Trainer, name)]
+    assert not gone, f"private Trainer methods that transformers no longer has: {gone}"
+    used = set()
+    for path in PACKAGE.rglob("*.py"):
+        for name in re.findall(r"(?:self|super\(\)|trainer)\.(_[a-z]\w*)\b", path.read_text(encoding="utf-8")):
+            used.add(name)
+        for name in re.findall(r"^\s+def (_[a-z]\w*)\(", path.read_text(encoding="utf-8"), flags=re.M):
+            used.add(name)
+    private = {name for name in used if hasattr(Trainer, name)}
+    assert private <= set(PRIVATE_TRAINER_HOOKS), f"unlisted: {sorted(private - set(PRIVATE_TRAINER_HOOKS))}"
+    assert set(PRIVATE_TRAINER_HOOKS) <= private, f"listed but unused: {sorted(set(PRIVATE_TRAINER_HOOKS) - private)}"

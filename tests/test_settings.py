@@ -273,3 +273,34 @@ def test_evaluating_by_steps_without_eval_steps_evaluates_where_it_saves(tmp_pat
     state = json.loads((run_dir / "trainer_state.json").read_text())
     evaluated = [e["step"] for e in state["log_history"] if "eval_loss" in e]
     assert evaluated == [5, 10], evaluated
+
+
+@pytest.mark.unit
+def test_any_trainingarguments_key_passes_through_as_given(tmp_path):
+    from bigmodel_cli.trainer.arguments import training_arguments
+
+    training = TrainingSection(gradient_checkpointing=True, lr_scheduler_kwargs={"num_cycles": 2}, eval_on_start=True)
+    args = training_arguments(training, tmp_path)
+    assert args.gradient_checkpointing is True and args.lr_scheduler_kwargs == {"num_cycles": 2} and args.eval_on_start
+    assert PretrainRecipe(data={"train_files": ["a.txt"]}, training=training.model_dump()).training == training
+
+
+@pytest.mark.unit
+@pytest.mark.parametrize(("key", "words"), [
+    ("gradient_checkpoint", "did you mean 'training.gradient_checkpointing'"),  # a typo of a TrainingArguments field
+    ("learing_rate", "did you mean 'training.learning_rate'"),  # ... of bigmodel's own
+    ("output_dir", "give --output-dir"),  # one bigmodel sets itself
+])
+def test_a_key_that_is_not_trainingarguments_is_refused_naming_the_nearest(key, words):
+    from pydantic import ValidationError
+
+    with pytest.raises(ValidationError, match=words.replace("(", r"\(").replace("'", "'")):
+        TrainingSection(**{key: True})
+
+
+@pytest.mark.unit
+def test_a_value_trainingarguments_refuses_is_one_line_naming_the_key(tmp_path):
+    from bigmodel_cli.trainer.arguments import training_arguments
+
+    with pytest.raises(BigmodelError, match=r"training\.hub_strategy passed through as given\): bogus is not a valid"):
+        training_arguments(TrainingSection(hub_strategy="bogus"), tmp_path)

@@ -49,6 +49,10 @@ def run(recipe: FinetuneRecipe, run_dir: Path, resume_from: Path | None = None, 
     with args.main_process_first(local=False, desc="tokenizing"):
         train, validation = encode(raw["train"], tokenizer), encode(raw["validation"], tokenizer)
     stop = GracefulStop()
+    # The classifier's loss is a plain mean that ignores `num_items_in_batch`; Trainer would still
+    # multiply it by the number of processes (seen here: twice the loss, and twice the gradient, on 2).
+    # Said through the model's public attribute, which Trainer reads when it is made.
+    model.accepts_loss_kwargs = False
     trainer = CountingTrainer(
         model=model,
         args=args,
@@ -61,9 +65,6 @@ def run(recipe: FinetuneRecipe, run_dir: Path, resume_from: Path | None = None, 
         callbacks=[stop, RunHeader(f"finetune {task.name}", f"train {len(train)}, eval {len(validation)} examples", quiet,
                                    notes=notes)],
     )
-    # The classifier's loss is a plain mean that ignores `num_items_in_batch`; Trainer would still
-    # multiply it by the number of processes (seen here: twice the loss, and twice the gradient, on 2).
-    trainer.model_accepts_loss_kwargs = False
     metrics = trainer.train_and_measure(resume_from, stop)
     metrics.update(evaluate_classifier(trainer.model, tokenizer, validation, task,
                                        recipe.training.per_device_eval_batch_size, progress=not quiet))

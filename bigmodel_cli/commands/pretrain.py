@@ -156,10 +156,6 @@ def run(recipe: PretrainRecipe, run_dir: Path, resume_from: Path | None = None, 
         seq_length=recipe.data.max_seq_length,
         callbacks=[header, stop, budget] if budget else [header, stop],  # before the progress bar
     )
-    if not bert:  # a stock head that takes a plain mean (RoBERTa's): Trainer scales it instead of passing the count
-        import inspect
-
-        trainer.model_accepts_loss_kwargs = "self.loss_function(" in inspect.getsource(type(model).forward)
     metrics = trainer.train_and_measure(resume_from, stop)
     metrics["train_rows_per_second"] = metrics["train_samples_per_second"]  # packed sequences
     metrics["train_samples_per_second"] = metrics["train_examples_per_second"]  # lines: the examples

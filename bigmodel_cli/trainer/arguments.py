@@ -96,11 +96,19 @@ def training_arguments(training: TrainingSection, run_dir: Path, quiet: bool = F
     # the run's. TrainingArguments reads the launch's from the environment and lets bf16/fp16 only raise it,
     # so a recipe's fp32 trained in the launch config's bf16; it reads the recipe's here, the process keeps
     # its own. (Compilation: `CountingTrainer._build_accelerator_args`.)
+    passed = sorted(training.model_extra or {})  # the recipe's TrainingArguments keys that bigmodel passes as given
     with mock.patch.dict(os.environ, {LAUNCH_PRECISION: "bf16" if training.bf16 else "fp16" if training.fp16 else "no"}):
-        return TrainingArguments(
-            output_dir=str(run_dir),
-            logging_nan_inf_filter=False,  # a NaN loss must show, not be averaged away
-            disable_tqdm=quiet,
-            use_cpu=not torch.cuda.is_available(),
-            **kwargs,
-        )
+        try:
+            return TrainingArguments(
+                output_dir=str(run_dir),
+                logging_nan_inf_filter=False,  # a NaN loss must show, not be averaged away
+                disable_tqdm=quiet,
+                use_cpu=not torch.cuda.is_available(),
+                **kwargs,
+            )
+        except (TypeError, ValueError) as e:
+            if not passed:
+                raise
+            keys = ", ".join(f"training.{key}" for key in passed)
+            raise BigmodelError(f"TrainingArguments refused the recipe ({keys} passed through as given): "
+                                f"{str(e).splitlines()[0]}") from None
