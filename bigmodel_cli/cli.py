@@ -142,13 +142,16 @@ def glue(
     from_mnli: bool = typer.Option(False, "--from-mnli", help="Start RTE, MRPC and STS-B from the MNLI model, as BERT's paper did."),
     output_dir: Path | None = OutputOpt,
     set_: list[str] | None = SetOpt,
+    overwrite: bool = typer.Option(False, "--overwrite", help="Rerun finished tasks that another model, other --set "
+                                   "values or another --seeds made (else such a rerun is refused)."),
     quiet: bool = QuietOpt,
 ) -> None:
     """Fine-tune and evaluate a model on every GLUE task present; writes glue_summary.json and a
-    Markdown table with the GLUE score. A rerun skips finished tasks and resumes the unfinished one."""
+    Markdown table with the GLUE score. A rerun skips the tasks finished the same way and resumes the
+    unfinished one."""
     from bigmodel_cli.commands import glue as job
 
-    job.command(model, data_dir, tasks, seeds, output_dir, set_, from_mnli, quiet)
+    job.command(model, data_dir, tasks, seeds, output_dir, set_, from_mnli, quiet, overwrite)
 
 
 @app.command("eval")

@@ -72,6 +72,24 @@ def test_glue_scores_every_task_present_and_a_rerun_skips_them(tmp_path, glue_di
     assert json.loads((out / "glue_summary.json").read_text())["glue_score"] == summary["glue_score"]
 
 
+def test_a_rerun_made_otherwise_is_refused_or_with_overwrite_rerun(tmp_path, glue_dir, pretrained):
+    """Another --set value or seed count for a finished task: refused with the difference named (its old
+    results are not passed off as the new run's); --overwrite reruns it."""
+    out, base = tmp_path / "glue", ["glue", "--model", pretrained, "--data-dir", glue_dir, "--tasks", "mrpc"]
+    assert run_cli(*base, "-o", out, *FAST).returncode == 0
+    first = (out / "mrpc" / "metrics.json").read_bytes()
+    changed = [*FAST, "--set", "training.learning_rate=0.0003"]
+    refused = run_cli(*base, "-o", out, *changed)
+    assert refused.returncode == 2 and "training.learning_rate 5e-05 there, 0.0003 now" in refused.stderr, refused.stderr
+    assert "--overwrite" in refused.stderr and (out / "mrpc" / "metrics.json").read_bytes() == first
+    seeds = run_cli(*base, "-o", out, "--seeds", "2", *FAST)
+    assert seeds.returncode == 2 and "--seeds 1 there, 2 now" in seeds.stderr, seeds.stderr
+    again = run_cli(*base, "-o", out, "--overwrite", *changed)
+    assert again.returncode == 0, again.stderr[-2000:]
+    assert "learning_rate: 0.0003" in (out / "mrpc" / "resolved_recipe.yaml").read_text()
+    assert (out / "mrpc" / "metrics.json").read_bytes() != first
+
+
 @pytest.mark.parametrize("layout, words", [
     ("empty", ["holds no GLUE task folder", "CoLA/"]),
     ("no-dev", ["has no dev.tsv"]),

@@ -21,7 +21,7 @@ FROM_MNLI = ("rte", "mrpc", "stsb")  # as BERT's paper started them: from the MN
 
 
 def command(model: str, data_dir: Path, tasks: list[str] | None, seeds: int, output_dir: Path | None,
-            overrides: list[str] | None, from_mnli: bool, quiet: bool) -> None:
+            overrides: list[str] | None, from_mnli: bool, quiet: bool, overwrite: bool = False) -> None:
     setup(quiet)
     found = present_tasks(data_dir, tasks)
     if from_mnli:
@@ -32,7 +32,8 @@ def command(model: str, data_dir: Path, tasks: list[str] | None, seeds: int, out
     scores: dict[str, dict] = {}
     for name, folder in found.items():
         start = str(out / "mnli") if from_mnli and name in FROM_MNLI else model
-        scores[name] = run_task(TASKS[name], folder, start, out / name, seeds, overrides, quiet)
+        retrained = from_mnli and name in FROM_MNLI and scores["mnli"]["trained"]  # their start is new
+        scores[name] = run_task(TASKS[name], folder, start, out / name, seeds, overrides, quiet, overwrite, retrained)
         say(f"{name:6s} {scores[name]['score']:.2f}  {scores[name]['metrics']}")
     summary = {"model": model, "data_dir": str(data_dir), "seeds": seeds, "from_mnli": from_mnli, "tasks": scores,
                "order": list(scores),  # the order they ran in (the JSON file sorts its keys)
@@ -71,8 +72,9 @@ def present_tasks(data_dir: Path, wanted: list[str] | None) -> dict[str, Path]:
 
 
 def run_task(task: Task, folder: Path, model: str, run_dir: Path, seeds: int, overrides: list[str] | None,
-             quiet: bool) -> dict:
-    """One task's fine-tuning (skipped when finished), its metrics and its GLUE score."""
+             quiet: bool, overwrite: bool = False, start_retrained: bool = False) -> dict:
+    """One task's fine-tuning (skipped when finished with the same recipe and seeds), its metrics and
+    its GLUE score."""
     import json
 
     from bigmodel_cli.classification.finetuning import run, run_seeds
@@ -82,19 +84,48 @@ def run_task(task: Task, folder: Path, model: str, run_dir: Path, seeds: int, ov
     recipe, _ = load_recipe("finetune", f"finetune/{task.name}", overrides=overrides,
                             flags={"data.task": task.name, "data.data_dir": str(folder), "model.name_or_path": model})
     done = run_dir / ("seeds_summary.json" if seeds > 1 else METRICS_FILE)
-    if done.is_file():
+    difference = "the MNLI model it starts from was trained again" if start_retrained else None
+    finished = (run_dir / METRICS_FILE).is_file() or (run_dir / "seeds_summary.json").is_file()
+    if finished and (difference := difference or made_otherwise(run_dir, recipe, seeds)):
+        if not overwrite:
+            raise BigmodelError(f"{run_dir} holds {task.name} results of another run ({difference}); pass --overwrite "
+                                "to rerun the tasks that differ, or choose another --output-dir")
+        import shutil
+
+        say(f"{task.name}: {run_dir} was made otherwise ({difference}): rerun")
+        shutil.rmtree(run_dir)
+    trained = not done.is_file()
+    if not trained:
         say(f"{task.name}: finished in {run_dir}, skipped")
         metrics = json.loads(done.read_text())
     elif seeds > 1:
         metrics = run_seeds(recipe, run_dir, seeds, overwrite=False, quiet=quiet)
     else:
         metrics = run(recipe, run_dir, open_run(run_dir, recipe, overwrite=False), quiet)
-    means = {k: (v["mean"] if isinstance(v, dict) else v) for k, v in metrics.items()}
+    means = {k: (v["mean"] if isinstance(v, dict) and "mean" in v else v) for k, v in metrics.items()}
     parts = {m: means[f"eval_{m}"] for m in task.score}
     if task.name == "mnli":  # matched (the dev split it trained against) and mismatched
         parts = {"accuracy_matched": parts["accuracy"],
                  "accuracy_mismatched": mismatched_accuracy(task, folder, run_dir, seeds)}
-    return {"score": 100 * statistics.fmean(parts.values()), "metrics": parts, "run_dir": str(run_dir)}
+    return {"score": 100 * statistics.fmean(parts.values()), "metrics": parts, "run_dir": str(run_dir), "trained": trained}
+
+
+def made_otherwise(run_dir: Path, recipe, seeds: int) -> str | None:
+    """How the finished task in `run_dir` was made otherwise than `recipe` with `seeds` would make it
+    (its recipe as saved, its seed count), or None where it is the same run."""
+    import json
+
+    from bigmodel_cli.recipe import read_saved_recipe
+    from bigmodel_cli.rundir import recipe_changes
+
+    summary = run_dir / "seeds_summary.json"
+    there = len(json.loads(summary.read_text())["seeds"]) if summary.is_file() else 1
+    if there != seeds:
+        return f"--seeds {there} there, {seeds} now"
+    saved = read_saved_recipe(run_dir / f"seed-{recipe.training.seed}" if seeds > 1 else run_dir, "finetune")
+    if saved is None:
+        return "no resolved_recipe.yaml there"
+    return recipe_changes(saved, recipe) if saved != recipe else None
 
 
 def mismatched_accuracy(task: Task, folder: Path, run_dir: Path, seeds: int) -> float:
