@@ -6,6 +6,8 @@ DATA ?= $(or $(BIGMODEL_DATA),../shared/data)
 export HF_HUB_OFFLINE ?= 1
 export HF_DATASETS_OFFLINE ?= 1
 export TOKENIZERS_PARALLELISM ?= false
+# The hub is off unless the user's environment or command line turns it on, or `make demo` finds no local data.
+HUB_OFF = $(if $(filter environment command,$(firstword $(origin HF_HUB_OFFLINE))),$(HF_HUB_OFFLINE),0)
 
 .PHONY: help install demo test test-slow lint bench bench-quick bench-eval bench-gpu bench-scale clean
 
@@ -22,12 +24,26 @@ $(BIN)/bigmodel: pyproject.toml
 install: $(BIN)/bigmodel  ## create .venv with the bigmodel command in it
 
 demo: install  ## pretrain BERT-tiny from scratch (60 s), fine-tune MiniLM on MRPC (2 epochs), evaluate both (about 5 minutes)
-	$(BIN)/bigmodel pretrain --recipe pretrain/bert-tiny --output-dir runs/demo-pretrain --overwrite \
-		--set data.train_files=[$(DATA)/wikitext-2/wiki.valid.tokens] --set training.time_budget=60
-	$(BIN)/bigmodel eval --model runs/demo-pretrain --task mlm --data-file $(DATA)/wikitext-2/wiki.valid.tokens
-	$(BIN)/bigmodel finetune --task mrpc --data-dir $(DATA)/glue/mrpc --model sentence-transformers/all-MiniLM-L6-v2 \
-		--output-dir runs/demo-mrpc --overwrite --set training.num_train_epochs=2
-	$(BIN)/bigmodel eval --model runs/demo-mrpc --data-dir $(DATA)/glue/mrpc
+	@if [ -f "$(DATA)/wikitext-2/wiki.valid.tokens" ] && [ -f "$(DATA)/glue/mrpc/dev.tsv" ]; then \
+	  set -e; echo "demo: the data in $(DATA)"; \
+	  $(BIN)/bigmodel pretrain --recipe pretrain/bert-tiny --output-dir runs/demo-pretrain --overwrite \
+	    --train-file $(DATA)/wikitext-2/wiki.valid.tokens --set training.time_budget=60; \
+	  $(BIN)/bigmodel eval --model runs/demo-pretrain --task mlm --data-file $(DATA)/wikitext-2/wiki.valid.tokens; \
+	  $(BIN)/bigmodel finetune --task mrpc --data-dir $(DATA)/glue/mrpc --model sentence-transformers/all-MiniLM-L6-v2 \
+	    --output-dir runs/demo-mrpc --overwrite --set training.num_train_epochs=2; \
+	  $(BIN)/bigmodel eval --model runs/demo-mrpc --data-dir $(DATA)/glue/mrpc; \
+	elif [ "$(HUB_OFF)" = 1 ]; then \
+	  echo "demo: no data in DATA=$(DATA) and the hub is off (HF_HUB_OFFLINE=1): make demo DATA=/path/to/data (a folder with wikitext-2/wiki.valid.tokens and glue/mrpc/{train,dev}.tsv), or run online for the hub's copies" >&2; exit 2; \
+	else \
+	  echo "demo: no data in DATA=$(DATA): WikiText-2 and GLUE MRPC from the Hugging Face Hub (cached after the first run)"; \
+	  export HF_HUB_OFFLINE=0 HF_DATASETS_OFFLINE=0; \
+	  $(BIN)/bigmodel pretrain --recipe pretrain/bert-tiny --output-dir runs/demo-pretrain --overwrite \
+	    --set training.time_budget=60 \
+	  && $(BIN)/bigmodel finetune --task mrpc --model sentence-transformers/all-MiniLM-L6-v2 \
+	    --output-dir runs/demo-mrpc --overwrite --set training.num_train_epochs=2 \
+	  && $(BIN)/bigmodel eval --model runs/demo-mrpc \
+	  || { echo "demo: the hub's data sets did not load; offline, make demo DATA=/path/to/data (wikitext-2/wiki.valid.tokens, glue/mrpc/{train,dev}.tsv)" >&2; exit 2; }; \
+	fi
 
 test: install  ## unit and smoke tests (a few minutes, offline)
 	$(BIN)/python -m pytest -m "not slow" -q

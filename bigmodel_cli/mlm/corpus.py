@@ -236,7 +236,7 @@ def load_corpus(recipe: PretrainRecipe) -> Corpus:
         except Exception as e:  # connection, offline mode, unknown name: all say the same to a user
             raise BigmodelError(
                 f"data.dataset_name '{data.dataset_name}' could not be loaded ({type(e).__name__}); "
-                "offline, give local text files in data.train_files"
+                "offline, give local text files: --train-file FILE, or data.train_files"
             ) from None
         if data.text_column not in raw["train"].column_names:
             raise BigmodelError(f"data.text_column '{data.text_column}' is not a column of {data.dataset_name} "
@@ -316,7 +316,7 @@ def stream_corpus(recipe: PretrainRecipe) -> Corpus:
                 return load_dataset(data.dataset_name, data.dataset_config_name, split="train", streaming=True)
             except Exception as e:
                 raise BigmodelError(f"data.dataset_name '{data.dataset_name}' could not be streamed ({type(e).__name__}); "
-                                    "offline, give local text files in data.train_files") from None
+                                    "offline, give local text files: --train-file FILE, or data.train_files") from None
 
     def lines():
         stream = open_stream()
