@@ -28,6 +28,15 @@ def run_cli(*args: str, cwd: Path | None = None, env: dict | None = None, timeou
     )
 
 
+def finished_run(tmp_path_factory, name: str, *args):
+    """A run of the real command in a new folder `<name>/run`, which must succeed: the
+    uninterrupted reference that stopped and resumed runs are compared with. (run folder, result)"""
+    run_dir = tmp_path_factory.mktemp(name) / "run"
+    result = run_cli(*args, "-o", run_dir)
+    assert result.returncode == 0, result.stderr[-3000:]
+    return run_dir, result
+
+
 @pytest.fixture(scope="session")
 def pretrained(tmp_path_factory) -> Path:
     """A run of `pretrain/tiny-debug`, shared by the tests that fine-tune or evaluate it."""

@@ -14,7 +14,7 @@ import time
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, run_cli
+from conftest import ROOT, finished_run, run_cli
 from safetensors.torch import load_file
 
 FAULTS = ROOT / "tests" / "faults"
@@ -35,10 +35,7 @@ def fault_env(fault: str) -> dict:
 
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory, args) -> Path:
-    run_dir = tmp_path_factory.mktemp("straight") / "run"
-    result = run_cli(*args, "-o", run_dir)
-    assert result.returncode == 0, result.stderr[-3000:]
-    return run_dir
+    return finished_run(tmp_path_factory, "straight", *args)[0]
 
 
 def assert_same_run(a: Path, b: Path) -> None:

@@ -18,7 +18,7 @@ import sys
 from pathlib import Path
 
 import pytest
-from conftest import ROOT, TINY, run_cli
+from conftest import ROOT, TINY, finished_run, run_cli
 
 GLOBAL_BATCH = 16
 TOLERANCE = 1e-4
@@ -60,10 +60,7 @@ def pretrain_args(pretrained) -> list[str]:
 
 @pytest.fixture(scope="module")
 def pretrain_one(tmp_path_factory, pretrain_args) -> Path:
-    run_dir = tmp_path_factory.mktemp("one") / "run"
-    result = run_cli(*pretrain_args, "-o", run_dir)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return run_dir
+    return finished_run(tmp_path_factory, "one", *pretrain_args)[0]
 
 
 @pytest.mark.smoke

@@ -11,7 +11,7 @@ import sys
 import time
 
 import pytest
-from conftest import TINY, run_cli
+from conftest import TINY, finished_run, run_cli
 from safetensors.torch import load_file
 
 pytestmark = pytest.mark.smoke
@@ -61,10 +61,7 @@ def assert_same_result(a, b, keys=("eval_loss", "train_loss")):
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory):
     """pretrain/tiny-debug from scratch, tokenizer training included, never interrupted."""
-    run_dir = tmp_path_factory.mktemp("straight") / "run"
-    result = run_cli(*PRETRAIN, "-o", run_dir)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return run_dir
+    return finished_run(tmp_path_factory, "straight", *PRETRAIN)[0]
 
 
 def test_same_command_same_seed_same_tokenizer_and_model(tmp_path, straight):

@@ -9,7 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
-from conftest import ROOT, run_cli
+from conftest import ROOT, finished_run, run_cli
 from test_agreed_stops import SECONDS, assert_same_run, fault_env, stopped_checkpoint
 
 FSDP = ["launch", "-c", "accelerate/fsdp", "-n", "2"]
@@ -23,9 +23,7 @@ def pretrain_args(pretrained) -> list[str]:
 
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory, pretrain_args) -> tuple[Path, str]:
-    run_dir = tmp_path_factory.mktemp("fsdp") / "run"
-    result = run_cli(*pretrain_args, "-o", run_dir, timeout=600)
-    assert result.returncode == 0, result.stderr[-3000:]
+    run_dir, result = finished_run(tmp_path_factory, "fsdp", *pretrain_args)
     return run_dir, result.stdout + result.stderr
 
 

@@ -13,7 +13,7 @@ import sys
 import time
 
 import pytest
-from conftest import run_cli
+from conftest import finished_run, run_cli
 from safetensors.torch import load_file
 
 STEPS, SAVE_EVERY = 120, 10
@@ -30,10 +30,7 @@ def args(pretrained) -> list[str]:
 
 @pytest.fixture(scope="module")
 def straight(tmp_path_factory, args):
-    run_dir = tmp_path_factory.mktemp("straight") / "run"
-    result = run_cli(*args, "-o", run_dir)
-    assert result.returncode == 0, result.stderr[-2000:]
-    return run_dir
+    return finished_run(tmp_path_factory, "straight", *args)[0]
 
 
 def assert_same_run(a, b):
