@@ -52,20 +52,15 @@ def summed_over_processes(*values: float) -> list[float]:
     return _collective(values, lambda group, t: group.all_reduce(t))
 
 
-def same_on_every_process(*values: float) -> list[float]:
-    """The main process's values, on every process (as is, in a single process)."""
-    return _collective(values, lambda group, t: group.broadcast(t, src=0))
-
-
-def _collective(values, operation) -> list[float]:
-    """`values` as one float64 tensor on the collective's device, through `operation(group, tensor)`,
-    read back once."""
+def _collective(values, operation, control: bool = False) -> list[float]:
+    """`values` as one float64 tensor through `operation(torch.distributed, tensor)`, read back once:
+    on the collective's device, or with `control` on the CPU for `control_group()`."""
     import torch
 
     group = distributed()
     if group is None:
         return [float(v) for v in values]
-    shared = torch.tensor(values, dtype=torch.float64, device=collective_device())
+    shared = torch.tensor(values, dtype=torch.float64, device="cpu" if control else collective_device())
     operation(group, shared)
     return shared.tolist()
 
@@ -121,14 +116,9 @@ class Vote:
 
 def agreed_minimum(value: float) -> float:
     """The smallest of every process's `value` (as is, in a single process): a synchronous vote."""
-    import torch
-
-    group = control_group()
-    if group is None:
-        return value
-    tensor = torch.tensor([value], dtype=torch.float64)
-    torch.distributed.all_reduce(tensor, op=torch.distributed.ReduceOp.MIN, group=group)
-    return tensor.item()
+    (least,) = _collective([value], lambda dist, t: dist.all_reduce(t, op=dist.ReduceOp.MIN, group=control_group()),
+                           control=True)
+    return least
 
 
 def wait_for_everyone() -> None:
