@@ -235,15 +235,15 @@ def pretrain_ours(corpus: Path, work: Path, budget: float, tokenizer_dir: Path |
     metrics = pretrain.run(recipe, work / name, quiet=True)
     return {"train_tokens_per_second": metrics["train_tokens_per_second"],
             "train_tokens_per_second_steady": steady(work / name, "tokens_per_second"),
-            "train_samples_per_second": metrics["train_samples_per_second"],
+            "train_lines_per_second": metrics["train_lines_per_second"],
             "train_real_tokens": metrics["train_real_tokens"], "model_parameters": metrics["model_parameters"]}
 
 
 def pretrain_peer(corpus: Path, work: Path, budget: float, tokenizer_dir: Path) -> dict:
     from transformers import BertForMaskedLM, DataCollatorForLanguageModeling
 
+    from bigmodel_cli.mlm.configs import bert_config
     from bigmodel_cli.mlm.corpus import load_corpus
-    from bigmodel_cli.mlm.head import bert_config
     from bigmodel_cli.models import load_tokenizer
     from bigmodel_cli.recipe import load_recipe
     from bigmodel_cli.trainer.arguments import training_arguments
@@ -277,7 +277,7 @@ def pretrain_peer(corpus: Path, work: Path, budget: float, tokenizer_dir: Path) 
     tokenizer.save_pretrained(run_dir)
     counts = trainer.throughput(result.metrics["train_runtime"])
     return {"train_tokens_per_second": counts["train_tokens_per_second"],
-            "train_samples_per_second": counts["train_examples_per_second"],
+            "train_lines_per_second": counts["train_examples_per_second"],
             "train_real_tokens": counts["train_real_tokens"], "model_parameters": model.num_parameters()}
 
 

@@ -152,7 +152,7 @@ def run_peer(corpus: Path, tokenizer_dir: Path, out: Path) -> None:
     from datasets import load_dataset
     from transformers import AutoTokenizer, BertForMaskedLM, DataCollatorForLanguageModeling, Trainer, TrainerCallback
 
-    from bigmodel_cli.mlm.head import bert_config
+    from bigmodel_cli.mlm.configs import bert_config
     from bigmodel_cli.recipe import load_recipe
     from bigmodel_cli.trainer.arguments import training_arguments
 

@@ -120,7 +120,7 @@ def launch(
     grace: float = typer.Option(120.0, "--grace", min=0, help="Seconds the workers get to save after a SIGTERM, "
                                 "SIGINT or SIGUSR1 sent to the launch, before it ends them."),
 ) -> None:
-    """Run `pretrain` or `finetune` under Accelerate's launcher, in several processes or on several machines.
+    """Run `pretrain`, `finetune` or `glue` under Accelerate's launcher, in several processes or on several machines.
 
     `bigmodel launch -n 2 pretrain -r pretrain/bert-tiny` is `accelerate launch --multi_gpu --num_processes 2
     -m bigmodel_cli pretrain -r pretrain/bert-tiny`: a thin wrapper, nothing re-implemented. The recipe's

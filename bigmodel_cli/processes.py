@@ -121,6 +121,16 @@ def agreed_minimum(value: float) -> float:
     return least
 
 
+def join_launch() -> None:
+    """Start a launch's process group now, as Trainer would (Accelerate's `PartialState`), for a
+    command that must agree across processes before its first Trainer (`bigmodel glue`). Nothing in
+    a single process."""
+    if world_size() > 1 and distributed() is None:
+        from accelerate.state import PartialState
+
+        PartialState()
+
+
 def wait_for_everyone() -> None:
     """Every process reaches this point before any goes on (nothing in a single process)."""
     group = control_group()

@@ -21,7 +21,8 @@ from bigmodel_cli.errors import BigmodelError
 from bigmodel_cli.processes import is_main
 from bigmodel_cli.recipe import RECIPE_FILE, RECIPE_TYPES, Section, dump_recipe, read_saved_recipe
 
-METRICS_FILE = "metrics.json"
+METRICS_FILE = "metrics.json"  # written last: the mark of a finished run
+STAGING_PREFIX = "tmp-"  # a checkpoint being written (`tmp-checkpoint-N`); renamed to checkpoint-N once complete
 PROBE = ".write-test"  # written and removed to learn that the folder is writable
 
 
@@ -36,8 +37,13 @@ def open_run(run_dir: Path, recipe: Section, overwrite: bool) -> Path | None:
     resume = prepare_run_dir(run_dir, recipe, overwrite)
     if resume is not None:
         say(f"resuming from {resume}")
-    dump_recipe(recipe, run_dir / RECIPE_FILE, f"bigmodel {_kind(recipe)}: {shlex.join(sys.argv[1:])}")
+    dump_recipe(recipe, run_dir / RECIPE_FILE, f"bigmodel {_kind(recipe)}: {command_line()}")
     return resume
+
+
+def command_line() -> str:
+    """The command this process runs, as a user would type it (`bigmodel finetune --task mrpc ...`)."""
+    return "bigmodel " + shlex.join(sys.argv[1:])
 
 
 def checkpoints(run_dir: Path) -> list[Path]:
@@ -59,7 +65,7 @@ def drop_partial_checkpoints(run_dir: Path) -> list[str]:
     """Remove what a kill during a save left: `tmp-checkpoint-*` folders and checkpoint folders that
     are not complete. Returns their names."""
     complete = set(checkpoints(run_dir))
-    partial = [p for p in run_dir.glob("tmp-checkpoint-*") if p.is_dir()]
+    partial = [p for p in run_dir.glob(f"{STAGING_PREFIX}checkpoint-*") if p.is_dir()]
     partial += [p for p in run_dir.glob("checkpoint-*") if p.is_dir() and p not in complete]
     for path in partial:
         shutil.rmtree(path, ignore_errors=True)

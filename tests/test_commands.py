@@ -29,8 +29,10 @@ def test_pretrain_writes_a_model_that_learned(pretrained):
 
     metrics = json.loads((pretrained / "metrics.json").read_text())
     for key in ("eval_loss", "perplexity", "train_samples", "eval_samples", "train_runtime",
-                "train_samples_per_second", "train_tokens_per_second"):
+                "train_samples_per_second", "train_lines_per_second", "train_tokens_per_second"):
         assert key in metrics, key
+    # Trainer's key keeps Trainer's meaning (rows: packed sequences, several lines each); lines have their own
+    assert metrics["train_lines_per_second"] > metrics["train_samples_per_second"] > 0
     # Uniform guessing over the 300-token vocabulary scores 300; 30 steps reach about 110 here.
     assert math.isfinite(metrics["perplexity"]) and metrics["perplexity"] < 150
     assert metrics["train_samples"] + metrics["eval_samples"] == 600  # blank and whitespace lines dropped

@@ -183,7 +183,7 @@ def test_the_resolved_recipe_of_another_family_holds_its_shape_names_and_no_pack
     from transformers import ModernBertConfig, RobertaConfig
 
     from bigmodel_cli.errors import BigmodelError
-    from bigmodel_cli.mlm.head import dropout_kwargs, with_checkpoint
+    from bigmodel_cli.mlm.configs import dropout_kwargs, with_checkpoint
     from bigmodel_cli.recipe import load_recipe
 
     def recipe(*overrides):
@@ -213,7 +213,7 @@ def test_the_pooler_alone_is_read_again_from_a_sharded_half_precision_checkpoint
     import transformers
     from transformers import AutoConfig, AutoModel, AutoModelForMaskedLM
 
-    from bigmodel_cli.mlm.head import keep_pooler
+    from bigmodel_cli.mlm.pooler import keep_pooler
 
     config = AutoConfig.for_model(family, vocab_size=60, hidden_size=16, num_hidden_layers=2, num_attention_heads=2,
                                   intermediate_size=32)

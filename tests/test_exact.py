@@ -14,6 +14,8 @@ import pytest
 from conftest import TINY, finished_run, run_cli
 from safetensors.torch import load_file
 
+from bigmodel_cli.trainer.checkpoints import state_file
+
 pytestmark = pytest.mark.smoke
 
 PRETRAIN = ["pretrain", "-r", "pretrain/tiny-debug", "-q", "--set", "training.report_to=[none]"]
@@ -125,14 +127,14 @@ def test_a_time_budget_is_spent_once_over_a_killed_and_resumed_run(tmp_path, how
     # past the warm-up and a checkpoint (one every 5 steps: one past 40 % comes before the end on a loaded machine too)
     while proc.poll() is None and time.time() < deadline:
         state = newest_checkpoint(run_dir)
-        if state and json.loads((state / "bigmodel_state_0.json").read_text())["budget_seconds_spent"] > 0.4 * BUDGET:
+        if state and json.loads(state_file(state, 0).read_text())["budget_seconds_spent"] > 0.4 * BUDGET:
             break
         time.sleep(0.05)
     proc.send_signal(getattr(signal, how))
     _, err = proc.communicate(timeout=60)
     assert proc.returncode == (-signal.SIGKILL if how == "SIGKILL" else 75), err[-1500:]
     kept = newest_checkpoint(run_dir)
-    first_part = json.loads((kept / "bigmodel_state_0.json").read_text())["budget_seconds_spent"]
+    first_part = json.loads(state_file(kept, 0).read_text())["budget_seconds_spent"]
     assert first_part < BUDGET
     result = run_cli(*BUDGETED, "-o", run_dir)
     assert result.returncode == 0, result.stderr[-2000:]

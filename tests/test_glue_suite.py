@@ -106,3 +106,25 @@ def test_bad_glue_folders_stop_with_one_line_before_training(tmp_path, layout, w
     err = result.stderr.strip()
     assert len(err.splitlines()) == 1 and "Traceback" not in err and all(w in err for w in words), err
     assert not (tmp_path / "out").exists()
+
+
+def test_glue_under_launch_spreads_each_task_over_the_processes(tmp_path, glue_dir, pretrained):
+    """`bigmodel launch -n 2 glue`: both processes run the tasks in order, MRPC starts from the MNLI model
+    the two of them trained, the main process writes one summary; a second launch skips every task."""
+    out = tmp_path / "glue"
+    args = ["launch", "-n", "2", "glue", "--model", pretrained, "--data-dir", glue_dir, "-o", out, "--from-mnli",
+            "--tasks", "mnli", "--tasks", "mrpc", *FAST]
+    result = run_cli(*args)
+    assert result.returncode == 0, result.stderr[-3000:]
+    summary = json.loads((out / "glue_summary.json").read_text())
+    assert summary["order"] == ["mnli", "mrpc"]
+    assert (out / "mnli" / "model.safetensors").is_file() and (out / "mrpc" / "model.safetensors").is_file()
+    assert str(out / "mnli") in (out / "mrpc" / "resolved_recipe.yaml").read_text()
+    mrpc = json.loads((out / "mrpc" / "metrics.json").read_text())
+    assert summary["tasks"]["mrpc"]["metrics"]["accuracy"] == mrpc["eval_accuracy"]
+    assert result.stderr.count("glue_summary.json and glue_summary.md in") == 1  # said by the main process only
+    again = run_cli(*args)
+    assert again.returncode == 0, again.stderr[-3000:]
+    assert again.stderr.count("finished in") == 2
+    rerun = json.loads((out / "glue_summary.json").read_text())
+    assert rerun["glue_score"] == summary["glue_score"] and not any(t["trained"] for t in rerun["tasks"].values())

@@ -11,7 +11,7 @@ import pytest
 import torch
 
 from bigmodel_cli.classification.model import load_saved_classifier
-from bigmodel_cli.mlm.head import load_saved_mlm
+from bigmodel_cli.mlm.model import load_saved_mlm
 
 pytestmark = pytest.mark.smoke
 

@@ -282,7 +282,7 @@ def test_fast_paths_under_autocast_stay_within_its_rounding_of_fp32(dtype, toler
     per rounding), 0.01 in fp16 (11 bits: ~0.05 %)."""
     from transformers import BertForMaskedLM
 
-    from bigmodel_cli.mlm.head import SparseHeadBertForMaskedLM
+    from bigmodel_cli.mlm.sparse_head import SparseHeadBertForMaskedLM
 
     stock, fast = twins(NO_DROP)
     assert use_fast_dropout(fast) and classify_from_first_token(fast)

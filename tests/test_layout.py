@@ -203,3 +203,19 @@ def test_private_trainer_internals_are_listed_and_still_exist():
     private = {name for name in used if hasattr(Trainer, name)}
     assert private <= set(PRIVATE_TRAINER_HOOKS), f"unlisted: {sorted(private - set(PRIVATE_TRAINER_HOOKS))}"
     assert set(PRIVATE_TRAINER_HOOKS) <= private, f"listed but unused: {sorted(set(PRIVATE_TRAINER_HOOKS) - private)}"
+
+
+# Each fact about the run folder's files has one home; the literal appears nowhere else in the package.
+OWNED_LITERALS = {
+    '"metrics.json"': {"rundir.py"},  # METRICS_FILE
+    "bigmodel_state_": {"trainer/checkpoints.py"},  # state_file()
+    '"tmp-"': {"rundir.py"},  # STAGING_PREFIX
+    "sys.argv[1:]": {"cli.py", "rundir.py"},  # parsed by the CLI, written back as text by rundir.command_line
+}
+
+
+@pytest.mark.parametrize("literal", sorted(OWNED_LITERALS))
+def test_each_run_folder_fact_has_one_home(literal):
+    homes = OWNED_LITERALS[literal]
+    found = {str(p.relative_to(PACKAGE)) for p in MODULES if literal in p.read_text(encoding="utf-8")}
+    assert found == homes, f"{literal} belongs in {sorted(homes)} only, found in {sorted(found)}"

@@ -38,7 +38,7 @@ def test_a_training_log_gives_the_speed_of_its_window_with_evaluations_set_aside
     import torch
     from transformers import BertConfig, TrainingArguments
 
-    from bigmodel_cli.mlm.head import SparseHeadBertForMaskedLM
+    from bigmodel_cli.mlm.sparse_head import SparseHeadBertForMaskedLM
     from bigmodel_cli.mlm.trainer import MLMTrainer
 
     config = BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=2, num_attention_heads=2, intermediate_size=32)

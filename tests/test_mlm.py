@@ -4,8 +4,8 @@ from conftest import TINY
 from transformers import BertConfig, BertForMaskedLM
 
 from bigmodel_cli.mlm.evaluation import process_share
-from bigmodel_cli.mlm.head import SparseHeadBertForMaskedLM
 from bigmodel_cli.mlm.masking import MLMCollator
+from bigmodel_cli.mlm.sparse_head import SparseHeadBertForMaskedLM
 from bigmodel_cli.mlm.text import chunk_line, pack
 from bigmodel_cli.mlm.tokenizer import train_wordpiece, unknown_rate
 

@@ -153,7 +153,7 @@ def test_fast_kernels_go_on_tested_bert_classes_only():
     from transformers import BertConfig, BertForMaskedLM, BertForSequenceClassification, RobertaConfig, RobertaForMaskedLM
 
     from bigmodel_cli.kernels import FastDropout, speedups, tested_model
-    from bigmodel_cli.mlm.head import SparseHeadBertForMaskedLM
+    from bigmodel_cli.mlm.sparse_head import SparseHeadBertForMaskedLM
 
     for model_class in (BertForMaskedLM, SparseHeadBertForMaskedLM, BertForSequenceClassification):
         assert tested_model(tiny(BertConfig, model_class))

@@ -15,6 +15,7 @@ from conftest import TINY, run_cli
 from test_exact import assert_same_result
 
 from bigmodel_cli.mlm.stream import StreamedRows
+from bigmodel_cli.trainer.checkpoints import state_file
 
 LINES = [line for line in (TINY / "tiny-corpus.txt").read_text().splitlines() if line.strip()]
 
@@ -102,7 +103,7 @@ def test_a_streaming_run_killed_with_sigkill_resumes_to_the_uninterrupted_run(tm
     assert_same_result(tmp_path / "straight", tmp_path / "run")
     assert "resuming from" in resumed.stderr and "checkpoint-20" in resumed.stderr
     kept = sorted((tmp_path / "run").glob("checkpoint-*"), key=lambda p: int(p.name.split("-")[1]))
-    state = json.loads((kept[0] / "bigmodel_state_0.json").read_text())["stream"]
+    state = json.loads(state_file(kept[0], 0).read_text())["stream"]
     assert state["window"] > 0 or state["pass"] > 0  # the checkpoints hold positions past the first window
 
 

@@ -4,16 +4,14 @@ the best epoch, score, save."""
 
 from __future__ import annotations
 
-import shlex
 import statistics
-import sys
 from pathlib import Path
 
 from bigmodel_cli.console import say, shown
 from bigmodel_cli.errors import BigmodelError
 from bigmodel_cli.processes import is_main
 from bigmodel_cli.recipe import FinetuneRecipe
-from bigmodel_cli.rundir import clean_metrics, open_run, write_json, write_model_card
+from bigmodel_cli.rundir import METRICS_FILE, clean_metrics, command_line, open_run, write_json, write_model_card
 
 
 def run(recipe: FinetuneRecipe, run_dir: Path, resume_from: Path | None = None, quiet: bool = False) -> dict:
@@ -79,7 +77,7 @@ def run(recipe: FinetuneRecipe, run_dir: Path, resume_from: Path | None = None, 
             predictions.unlink(missing_ok=True)  # a run killed after writing it, before its metrics
             write_predictions(trainer.model, tokenizer, check_text_file(recipe.data.test_file, "data.test_file"),
                               str(predictions), recipe.training.per_device_eval_batch_size, progress=not quiet)
-        write_json(run_dir / "metrics.json", clean_metrics(metrics))  # last: the mark of a finished run
+        write_json(run_dir / METRICS_FILE, clean_metrics(metrics))  # last: the mark of a finished run
     return metrics
 
 
@@ -140,7 +138,7 @@ def copy_run(source: Path, run_dir: Path) -> None:
     into `run_dir`, for eval, predict, report and --from-mnli to use; its metrics.json last."""
     import shutil
 
-    files = sorted((p for p in source.iterdir() if p.is_file()), key=lambda p: p.name == "metrics.json")
+    files = sorted((p for p in source.iterdir() if p.is_file()), key=lambda p: p.name == METRICS_FILE)
     for path in files:
         tmp = run_dir / f".{path.name}.tmp"
         shutil.copy2(path, tmp)
@@ -194,7 +192,7 @@ def card(run_dir: Path, recipe: FinetuneRecipe, task, metrics: dict) -> None:
             f"Dev {task.best_metric}: {shown(main)}."
         ),
         metrics={k: v for k, v in metrics.items() if isinstance(v, (int, float)) and not isinstance(v, bool)},
-        command=f"bigmodel {shlex.join(sys.argv[1:])}",
+        command=command_line(),
         load_class="AutoModelForSequenceClassification",
         tags=["text-classification", task.name],
         datasets=["nyu-mll/glue"] if recipe.data.task and not recipe.data.data_dir else [],

@@ -62,7 +62,7 @@ def evaluate_mlm_on(model_dir: str, data_file: str | None, batch_size: int) -> d
     (its saved recipe), so a pretrain run's own held-out text gives its own figure."""
     from bigmodel_cli.files import check_text_file
     from bigmodel_cli.mlm.evaluation import score_text_file
-    from bigmodel_cli.mlm.head import load_saved_mlm
+    from bigmodel_cli.mlm.model import load_saved_mlm
 
     if not data_file:
         raise BigmodelError("--task mlm needs --data-file: a text file, one example per line")

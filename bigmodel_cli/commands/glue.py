@@ -5,6 +5,10 @@ Each task runs the shipped `finetune/<task>` recipe (with `--set` overrides for 
 and resumes the unfinished one. The task score is the mean of the task's official metrics as the
 GLUE benchmark defines it (MRPC and QQP: F1 and accuracy; STS-B: Pearson and Spearman; MNLI: the
 matched and mismatched accuracies), x 100; the GLUE score is the mean over the tasks run.
+
+Under `bigmodel launch`, every process runs the same tasks in the same order, each task's
+fine-tuning spread over them as `bigmodel finetune`'s is; the processes meet after each task (a
+task that starts from the MNLI model finds it whole) and the main one writes the summary.
 """
 
 from __future__ import annotations
@@ -15,6 +19,7 @@ from pathlib import Path
 from bigmodel_cli.classification.tasks import TASKS, Task, get_task
 from bigmodel_cli.console import say, setup
 from bigmodel_cli.errors import BigmodelError
+from bigmodel_cli.processes import is_main, join_launch, wait_for_everyone
 from bigmodel_cli.rundir import METRICS_FILE, write_json
 
 FROM_MNLI = ("rte", "mrpc", "stsb")  # as BERT's paper started them: from the MNLI model
@@ -23,6 +28,7 @@ FROM_MNLI = ("rte", "mrpc", "stsb")  # as BERT's paper started them: from the MN
 def command(model: str, data_dir: Path, tasks: list[str] | None, seeds: int, output_dir: Path | None,
             overrides: list[str] | None, from_mnli: bool, quiet: bool, overwrite: bool = False) -> None:
     setup(quiet)
+    join_launch()
     found = present_tasks(data_dir, tasks)
     if from_mnli:
         if "mnli" not in found:
@@ -39,6 +45,8 @@ def command(model: str, data_dir: Path, tasks: list[str] | None, seeds: int, out
                "order": list(scores),  # the order they ran in (the JSON file sorts its keys)
                "glue_score": statistics.fmean(s["score"] for s in scores.values()),
                "missing_tasks": [t for t in TASKS if t not in scores]}
+    if not is_main():
+        return
     out.mkdir(parents=True, exist_ok=True)
     write_json(out / "glue_summary.json", summary)
     (out / "glue_summary.md").write_text(markdown(summary), encoding="utf-8")
@@ -89,11 +97,14 @@ def run_task(task: Task, folder: Path, model: str, run_dir: Path, seeds: int, ov
     if finished and (difference := difference or made_otherwise(run_dir, recipe, seeds)):
         if not overwrite:
             raise BigmodelError(f"{run_dir} holds {task.name} results of another run ({difference}); pass --overwrite "
-                                "to rerun the tasks that differ, or choose another --output-dir")
+                                "to rerun the tasks that differ, or choose another --output-dir", agreed=True)
         import shutil
 
         say(f"{task.name}: {run_dir} was made otherwise ({difference}): rerun")
-        shutil.rmtree(run_dir)
+        wait_for_everyone()  # every process has read the folder before the main one empties it
+        if is_main():
+            shutil.rmtree(run_dir)
+        wait_for_everyone()
     trained = not done.is_file()
     if not trained:
         say(f"{task.name}: finished in {run_dir}, skipped")
@@ -102,6 +113,7 @@ def run_task(task: Task, folder: Path, model: str, run_dir: Path, seeds: int, ov
         metrics = run_seeds(recipe, run_dir, seeds, overwrite=False, quiet=quiet)
     else:
         metrics = run(recipe, run_dir, open_run(run_dir, recipe, overwrite=False), quiet)
+    wait_for_everyone()  # the main process has saved the model before any process reads it
     means = {k: (v["mean"] if isinstance(v, dict) and "mean" in v else v) for k, v in metrics.items()}
     parts = {m: means[f"eval_{m}"] for m in task.score}
     if task.name == "mnli":  # matched (the dev split it trained against) and mismatched

@@ -1,4 +1,4 @@
-"""`bigmodel launch`: `pretrain` or `finetune` under Accelerate's launcher, nothing re-implemented."""
+"""`bigmodel launch`: `pretrain`, `finetune` or `glue` under Accelerate's launcher, nothing re-implemented."""
 
 from __future__ import annotations
 
@@ -18,12 +18,13 @@ from bigmodel_cli.processes import EXIT_DIR
 
 DEFAULT_GRACE = 120.0  # seconds the workers get to finish their step and save after a signal
 FORWARDED = ("SIGTERM", "SIGINT", "SIGUSR1")
+LAUNCHED = ("pretrain", "finetune", "glue")  # the commands that train
 
 
 def command(command: list[str], num_processes: int | None, config: str | None, num_machines: int | None,
             machine_rank: int | None, main_process_ip: str | None, main_process_port: int | None,
             grace: float = DEFAULT_GRACE) -> None:
-    if not command or command[0] not in ("pretrain", "finetune"):
+    if not command or command[0] not in LAUNCHED:
         raise BigmodelError("name the command to launch after the options, e.g. bigmodel launch -n 2 pretrain -r pretrain/bert-tiny")
     argv = launch_arguments(command, num_processes, config, num_machines, machine_rank, main_process_ip, main_process_port)
     code = supervise([sys.executable, "-m", "accelerate.commands.launch", "--quiet", *argv], grace)

@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import shlex
-import sys
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -11,7 +9,7 @@ from pathlib import Path
 from bigmodel_cli.console import setup, shown, summary
 from bigmodel_cli.errors import BigmodelError
 from bigmodel_cli.recipe import PretrainRecipe, load_recipe, recipe_name
-from bigmodel_cli.rundir import clean_metrics, open_run, write_json, write_model_card
+from bigmodel_cli.rundir import METRICS_FILE, clean_metrics, command_line, open_run, write_json, write_model_card
 
 SUMMARY_KEYS = ["train_samples", "train_runtime", "train_tokens_per_second", "train_loss", "eval_loss", "perplexity",
                 "model_parameters", "model_flops_utilization"]
@@ -29,7 +27,7 @@ def command(recipe: str | None, flags: dict, output_dir: Path | None, overrides:
         raise BigmodelError("training.load_best_model_at_end: pretrain keeps the last model (its held-out "
                             "perplexity is measured at the end); remove the key or set it false")
     if loaded.model.name_or_path:  # a checkpoint that cannot be continued stops here, before any folder is made
-        from bigmodel_cli.mlm.head import checkpoint_config, with_checkpoint
+        from bigmodel_cli.mlm.configs import checkpoint_config, with_checkpoint
 
         loaded = with_checkpoint(loaded, checkpoint_config(loaded))  # its family and shape, as the recipe saved
     if prepare_only:  # no run directory: a cluster job prepares the data once, before the launch
@@ -66,8 +64,8 @@ class Prepared:
 def prepare(recipe: PretrainRecipe, run_dir: Path | None) -> Prepared:
     """The corpus's lines, the tokenizer (into `run_dir`, where one is given) and the rows, each from
     the cache where it is there, made and cached where not."""
+    from bigmodel_cli.mlm.configs import checkpoint_config
     from bigmodel_cli.mlm.corpus import load_corpus, stream_corpus
-    from bigmodel_cli.mlm.head import checkpoint_config
     from bigmodel_cli.mlm.stream import stream_rows
     from bigmodel_cli.mlm.text import tokenize_corpus
     from bigmodel_cli.mlm.tokenizer import get_tokenizer
@@ -97,8 +95,8 @@ def run(recipe: PretrainRecipe, run_dir: Path, resume_from: Path | None = None, 
 
     from bigmodel_cli.kernels import speedups
     from bigmodel_cli.mlm.evaluation import perplexity
-    from bigmodel_cli.mlm.head import masked_lm
     from bigmodel_cli.mlm.masking import MLMCollator
+    from bigmodel_cli.mlm.model import masked_lm
     from bigmodel_cli.mlm.trainer import MLMTrainer
     from bigmodel_cli.seeds import derive_seed
     from bigmodel_cli.trainer.arguments import check_precision, on_gpu, training_arguments
@@ -157,8 +155,10 @@ def run(recipe: PretrainRecipe, run_dir: Path, resume_from: Path | None = None, 
         callbacks=[header, stop, budget] if budget else [header, stop],  # before the progress bar
     )
     metrics = trainer.train_and_measure(resume_from, stop)
-    metrics["train_rows_per_second"] = metrics["train_samples_per_second"]  # packed sequences
-    metrics["train_samples_per_second"] = metrics["train_examples_per_second"]  # lines: the examples
+    # Trainer's train_samples_per_second keeps Trainer's meaning: the training set's rows (packed
+    # sequences) a second. The corpus lines a second, what a line-by-line run calls examples, have their own key.
+    metrics["train_lines_per_second"] = metrics.pop("train_examples_per_second")
+    metrics["train_step_lines_per_second"] = metrics.pop("train_step_examples_per_second")
     if budget is not None:  # train_runtime is this part's; this is every part's, a resumed run's too
         metrics["train_budget_seconds_spent"] = budget.final if budget.final is not None else budget.elapsed()
     metrics.update(flop_utilization(model.config, recipe.data.max_seq_length, metrics))
@@ -174,7 +174,7 @@ def run(recipe: PretrainRecipe, run_dir: Path, resume_from: Path | None = None, 
     if trainer.is_world_process_zero():
         save(model, weights, tokenizer, run_dir, clean_metrics(metrics), recipe)
         trainer.save_state()  # trainer_state.json: the log history `bigmodel report` plots
-        write_json(run_dir / "metrics.json", clean_metrics(metrics))  # last: the mark of a finished run
+        write_json(run_dir / METRICS_FILE, clean_metrics(metrics))  # last: the mark of a finished run
     return metrics
 
 
@@ -192,7 +192,7 @@ def save(model, weights: dict, tokenizer, run_dir: Path, metrics: dict, recipe: 
     (safetensors), tokenizer, metrics, model card."""
     from transformers import BertForMaskedLM
 
-    from bigmodel_cli.mlm.head import SparseHeadBertForMaskedLM
+    from bigmodel_cli.mlm.sparse_head import SparseHeadBertForMaskedLM
 
     if isinstance(model, SparseHeadBertForMaskedLM):  # saved as the stock class: loads anywhere
         plain = BertForMaskedLM(model.config)
@@ -214,7 +214,7 @@ def save(model, weights: dict, tokenizer, run_dir: Path, metrics: dict, recipe: 
             f"{shown(metrics['perplexity'], 2)}."
         ),
         metrics=metrics,
-        command=f"bigmodel pretrain {shlex.join(sys.argv[2:] if len(sys.argv) > 2 else [])}",
+        command=command_line(),
         load_class="AutoModelForMaskedLM",
         tags=["fill-mask"],
         datasets=[recipe.data.dataset_name] if recipe.data.dataset_name else [],

@@ -12,10 +12,11 @@ from pathlib import Path
 
 from bigmodel_cli.console import shown
 from bigmodel_cli.errors import BigmodelError
+from bigmodel_cli.rundir import METRICS_FILE
 
 
 def load_run(run_dir: Path) -> dict:
-    metrics_path, state_path = run_dir / "metrics.json", run_dir / "trainer_state.json"
+    metrics_path, state_path = run_dir / METRICS_FILE, run_dir / "trainer_state.json"
     if not metrics_path.is_file():
         raise BigmodelError(f"{run_dir} holds no metrics.json: is it a finished bigmodel run?")
     history = json.loads(state_path.read_text())["log_history"] if state_path.is_file() else []

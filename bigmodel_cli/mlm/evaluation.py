@@ -13,7 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from bigmodel_cli.errors import BigmodelError
-from bigmodel_cli.mlm.head import SparseHeadBertForMaskedLM
+from bigmodel_cli.mlm.sparse_head import SparseHeadBertForMaskedLM
 
 
 def perplexity(loss: float) -> float:

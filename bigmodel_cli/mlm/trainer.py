@@ -9,6 +9,7 @@ from transformers import TrainerCallback
 from bigmodel_cli.mlm.evaluation import masked_loss_sums, process_share
 from bigmodel_cli.mlm.masking import DeviceMasks, EpochToCollator
 from bigmodel_cli.trainer.callbacks import BudgetProgress, TimeBudget, budget_schedule
+from bigmodel_cli.trainer.checkpoints import state_file
 from bigmodel_cli.trainer.trainer import CountingTrainer
 
 
@@ -145,7 +146,7 @@ class MLMTrainer(CountingTrainer):
 
     def finished_at(self, checkpoint) -> bool:
         if self.budget is not None:
-            saved = checkpoint / f"bigmodel_state_{self.args.process_index}.json"
+            saved = state_file(checkpoint, self.args.process_index)
             spent = json.loads(saved.read_text()).get("budget_seconds_spent", 0.0) if saved.is_file() else 0.0
             return spent >= self.budget.seconds
         return super().finished_at(checkpoint)

@@ -15,9 +15,12 @@ import time
 from pathlib import Path
 
 from bigmodel_cli.errors import BigmodelError, write_failure
-from bigmodel_cli.rundir import checkpoints
+from bigmodel_cli.rundir import STAGING_PREFIX, checkpoints
 
-STAGING_PREFIX = "tmp-"  # a checkpoint being written; renamed to checkpoint-N once complete
+
+def state_file(checkpoint: Path, process_index: int) -> Path:
+    """bigmodel's own share of a checkpoint's state for one process (sampler, budget, stream position)."""
+    return Path(checkpoint) / f"bigmodel_state_{process_index}.json"
 
 
 def sync_folder(folder: Path) -> None:
@@ -107,10 +110,10 @@ class AtomicCheckpoints:
                         self.state.stateful_callbacks[key] = callback.state()
             self.state.save_to_json(str(staging / "trainer_state.json"))
         # Per process (its own share of the state); the trainer state above is the main process's.
-        (staging / f"bigmodel_state_{self.args.process_index}.json").write_text(json.dumps(self.extra_state()))
+        state_file(staging, self.args.process_index).write_text(json.dumps(self.extra_state()))
 
     def _load_from_checkpoint(self, resume_from_checkpoint, model=None):
         super()._load_from_checkpoint(resume_from_checkpoint, model)
-        saved = Path(resume_from_checkpoint) / f"bigmodel_state_{self.args.process_index}.json"
+        saved = state_file(resume_from_checkpoint, self.args.process_index)
         if saved.is_file():
             self.load_extra_state(json.loads(saved.read_text()))
