@@ -57,6 +57,19 @@ def test_mrpc_tsv_as_a_plain_file_finds_the_string_columns_and_quality_label():
 
 
 @pytest.mark.unit
+def test_the_header_note_says_which_columns_and_whether_they_were_found_or_named():
+    from bigmodel_cli.classification.data import columns_note
+
+    path = TINY / "mrpc-tiny" / "train.tsv"
+    found = LabelledDataSection(train_file=str(path))
+    note = columns_note(found, infer_task(found, read_rows(path), path))
+    assert note.startswith("text columns #1 String + #2 String (detected;") and "label column Quality (2 classes)" in note
+    named = LabelledDataSection(train_file=str(path), text_column="#2 String")
+    note = columns_note(named, infer_task(named, read_rows(path), path))
+    assert note.startswith("text columns #2 String (as named)")
+
+
+@pytest.mark.unit
 def test_jsonl_regression_and_three_classes(tmp_path):
     reg = tmp_path / "r.jsonl"
     reg.write_text("\n".join(json.dumps({"sentence1": sentence(i), "sentence2": sentence(i + 1), "label": i * 0.5})
@@ -113,9 +126,11 @@ def test_own_files_string_labels_predict_with_label_names(tmp_path, pretrained):
     test.write_text("review\n" + "\n".join(f'"{sentence(i)}, really"' for i in range(5)) + "\n")
     run_dir = tmp_path / "run"
     result = run_cli("finetune", "--train-file", train, "--validation-file", dev, "--test-file", test,
-                     "--model", pretrained, "-o", run_dir, "-q", "--set", "data.label_column=stars",
+                     "--model", pretrained, "-o", run_dir, "--set", "data.label_column=stars",  # not quiet: the header
                      "--set", "training.num_train_epochs=1", "--set", "data.max_seq_length=64")
     assert result.returncode == 0, result.stderr[-2000:]
+    header = next(line for line in result.stderr.splitlines() if line.startswith("bigmodel finetune"))
+    assert "text columns review (detected;" in header and "label column stars (3 classes)" in header, header
     from transformers import AutoConfig
 
     assert AutoConfig.from_pretrained(run_dir).id2label == {0: "bad", 1: "good", 2: "great"}

@@ -67,6 +67,16 @@ def infer_task(data: LabelledDataSection, rows: list[dict], path) -> Task:
     return custom_task(tuple(texts), label, tuple(distinct))
 
 
+def columns_note(data: LabelledDataSection, task: Task) -> str:
+    """The run header's word on the columns of your own files: which hold the texts and the label,
+    and whether bigmodel found them or the recipe named them."""
+    named = bool(data.text_column or data.text_pair_column)
+    texts = " + ".join(task.text_columns)
+    how = "as named" if named else "detected; name others with data.text_column, data.text_pair_column"
+    classes = "regression" if task.is_regression else f"{len(task.label_names)} classes"
+    return f"text columns {texts} ({how}), label column {task.label_column} ({classes})"
+
+
 def _int_or(text: str) -> int:
     try:
         return int(text)

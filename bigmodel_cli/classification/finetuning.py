@@ -18,7 +18,7 @@ def run(recipe: FinetuneRecipe, run_dir: Path, resume_from: Path | None = None, 
     """Data, tokenizer, model, train with an evaluation per epoch, keep the best, score, save."""
     from transformers import set_seed
 
-    from bigmodel_cli.classification.data import encode, load_splits
+    from bigmodel_cli.classification.data import columns_note, encode, load_splits
     from bigmodel_cli.classification.inference import evaluate_classifier, trainer_metrics, write_predictions
     from bigmodel_cli.classification.model import check_lengths, load_classifier
     from bigmodel_cli.files import check_text_file
@@ -36,6 +36,8 @@ def run(recipe: FinetuneRecipe, run_dir: Path, resume_from: Path | None = None, 
     model = load_classifier(recipe, task)
     # On CPU, dropout's random numbers were 15 % of each step; the last layer for [CLS] only: 16 % less work.
     notes = [speedups(model, first_token=True)]
+    if recipe.data.train_file:  # your own files: the columns found in them
+        notes.insert(0, columns_note(recipe.data, task))
     check_lengths(recipe, model, tokenizer)
     tokenizer.model_max_length = recipe.data.max_seq_length  # eval and predict truncate the same way
     best = best_epoch_arguments(recipe, task.best_metric)
