@@ -122,6 +122,14 @@ def steady(run_dir: Path, key: str) -> float | None:
     return statistics.median(values[1:]) if len(values) > 1 else None
 
 
+def per_epoch_evaluation(run_dir: Path) -> float | None:
+    """The median speed of a run's own evaluations during training (examples/s), from its log."""
+    state = run_dir / "trainer_state.json"
+    values = [e["eval_samples_per_second"] for e in json.loads(state.read_text())["log_history"]
+              if "eval_samples_per_second" in e] if state.is_file() else []
+    return statistics.median(values) if values else None
+
+
 def medians(rounds: list[dict]) -> dict:
     """The median round's ratio (both sides saw that round's drift) and each side's median speed."""
     return {key: statistics.median(r[key] for r in rounds) for key in ("ratio", "peer", "ours")}
@@ -172,6 +180,7 @@ def finetune_ours(mrpc: Path, work: Path, overrides: list[str], name: str = "our
     return {"train_samples_per_second": metrics["train_step_examples_per_second"],
             "train_samples_per_second_with_evaluations": metrics["train_samples_per_second"],
             "train_samples_per_second_steady": steady(run_dir, "examples_per_second"),
+            "eval_samples_per_second_per_epoch": per_epoch_evaluation(run_dir),
             "eval_accuracy": metrics["eval_accuracy"], "eval_f1": metrics["eval_f1"],
             "train_runtime": metrics["train_runtime"]}, evaluate
 
@@ -391,7 +400,8 @@ def finetune_section(run: GpuRun) -> dict:
     peer["eval_samples_per_second"], ours["eval_samples_per_second"] = middle["peer"], middle["ours"]
     return {"peer": peer, "ours": ours, "rounds": rounds, "ratio": {
         "train_samples_per_second": ours["train_samples_per_second"] / peer["train_samples_per_second"],
-        "eval_samples_per_second": middle["ratio"]}}
+        "eval_samples_per_second": middle["ratio"],
+        "eval_samples_per_second_per_epoch": ratio(ours["eval_samples_per_second_per_epoch"], middle["peer"])}}
 
 
 def held_out_lines(corpus: Path) -> list[str]:
@@ -688,7 +698,9 @@ def main() -> None:
         report["finetune"] = {"peer": peer, "ours": ours, "ratio": {
             "train_samples_per_second": ours["train_samples_per_second"] / peer["train_samples_per_second"],
             "eval_samples_per_second": middle["ratio"],  # the median round's
-            "eval_samples_per_second_of_medians": ours["eval_samples_per_second"] / peer["eval_samples_per_second"]}}
+            "eval_samples_per_second_of_medians": ours["eval_samples_per_second"] / peer["eval_samples_per_second"],
+            # the evaluations finetune runs after each epoch, against the peer's evaluation
+            "eval_samples_per_second_per_epoch": ratio(ours["eval_samples_per_second_per_epoch"], middle["peer"])}}
         save()
     if opts.only in (None, "pretrain"):
         report["pretrain"] = pretrain_comparison(corpus, work, 60.0 if opts.quick else 600.0)

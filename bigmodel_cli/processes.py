@@ -68,6 +68,19 @@ def _collective(values, operation, control: bool = False) -> list[float]:
 _CONTROL = None  # the gloo group of `control_group()`, made once
 
 
+def gathered(value) -> list:
+    """Every process's `value` (any picklable object), in rank order, on every process, over the CPU
+    control group: `[value]` in a single process."""
+    group = control_group()
+    if group is None:
+        return [value]
+    import torch
+
+    out = [None] * world_size()
+    torch.distributed.all_gather_object(out, value, group=group)
+    return out
+
+
 def control_group():
     """A gloo group over every process, for the run's decisions (stop, budget, divergence): its
     tensors live on the CPU, so agreeing never waits for a GPU, whatever the training's backend (the

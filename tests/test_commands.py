@@ -73,6 +73,23 @@ def test_finetune_keeps_the_best_epoch_and_eval_reproduces_it(finetuned):
         assert again[key] == pytest.approx(metrics[key], abs=1e-6)
 
 
+def test_each_epochs_evaluation_is_the_one_bigmodel_eval_gives_its_checkpoint(finetuned):
+    """The per-epoch evaluations run `bigmodel eval`'s path: each epoch's logged figures are those
+    `bigmodel eval` prints for that epoch's checkpoint, and every dev example is scored once."""
+    history = json.loads((finetuned / "trainer_state.json").read_text())["log_history"]
+    logged = {e["step"]: e for e in history if "eval_f1" in e}
+    kept = sorted(finetuned.glob("checkpoint-*"))
+    assert kept and all(int(c.name.split("-")[1]) in logged for c in kept)
+    for checkpoint in kept:
+        entry = logged[int(checkpoint.name.split("-")[1])]
+        assert entry["eval_examples"] == 48 and entry["eval_samples_per_second"] > 0
+        result = run_cli("eval", "--model", checkpoint, "--data-dir", TINY / "mrpc-tiny", "--json")
+        assert result.returncode == 0, result.stderr[-2000:]
+        again = json.loads(result.stdout.strip().splitlines()[-1])
+        for key in ("eval_accuracy", "eval_f1", "eval_loss"):
+            assert again[key] == pytest.approx(entry[key], abs=1e-6), (checkpoint.name, key)
+
+
 def test_eval_mlm_gives_a_finite_perplexity(pretrained):
     result = run_cli("eval", "--model", pretrained, "--task", "mlm", "--data-file", TINY / "tiny-corpus.txt", "--json")
     assert result.returncode == 0, result.stderr[-2000:]

@@ -21,13 +21,13 @@ def run(recipe: FinetuneRecipe, run_dir: Path, resume_from: Path | None = None, 
     from bigmodel_cli.classification.data import columns_note, encode, load_splits
     from bigmodel_cli.classification.inference import evaluate_classifier, trainer_metrics, write_predictions
     from bigmodel_cli.classification.model import check_lengths, load_classifier
+    from bigmodel_cli.classification.trainer import ClassifierTrainer
     from bigmodel_cli.files import check_text_file
     from bigmodel_cli.kernels import speedups
     from bigmodel_cli.models import load_tokenizer
     from bigmodel_cli.seeds import derive_seed
     from bigmodel_cli.trainer.arguments import check_precision, training_arguments
     from bigmodel_cli.trainer.callbacks import GracefulStop, RunHeader
-    from bigmodel_cli.trainer.trainer import CountingTrainer
 
     check_precision(recipe.training)  # before the data and the model load
     set_seed(derive_seed(recipe.training.seed, "init"))  # before the model: the new head's init is seeded too
@@ -53,7 +53,8 @@ def run(recipe: FinetuneRecipe, run_dir: Path, resume_from: Path | None = None, 
     # multiply it by the number of processes (seen here: twice the loss, and twice the gradient, on 2).
     # Said through the model's public attribute, which Trainer reads when it is made.
     model.accepts_loss_kwargs = False
-    trainer = CountingTrainer(
+    trainer = ClassifierTrainer(
+        task=task,
         model=model,
         args=args,
         train_dataset=train,
@@ -65,9 +66,10 @@ def run(recipe: FinetuneRecipe, run_dir: Path, resume_from: Path | None = None, 
         callbacks=[stop, RunHeader(f"finetune {task.name}", f"train {len(train)}, eval {len(validation)} examples", quiet,
                                    notes=notes)],
     )
+    notes.append(trainer.evaluation_note())
     metrics = trainer.train_and_measure(resume_from, stop)
-    metrics.update(evaluate_classifier(trainer.model, tokenizer, validation, task,
-                                       recipe.training.per_device_eval_batch_size, progress=not quiet))
+    metrics.update(evaluate_classifier(trainer.model, tokenizer, validation, task, recipe.training.per_device_eval_batch_size,
+                                       progress=not quiet, spread=trainer.fast_evaluation))
     metrics["train_samples"], metrics["eval_samples"] = len(raw["train"]), len(raw["validation"])
     metrics["best_checkpoint"] = Path(trainer.state.best_model_checkpoint or "").name or None
     trainer.save_model(str(run_dir))  # every process: FSDP gathers the shards, the main one writes

@@ -141,10 +141,40 @@ def eval_threads(device, batches: int) -> int:
     return max(1, min(wanted, batches))
 
 
+def spread_logits(model, tokenizer, features, batch_size: int = 32, progress: bool = False) -> tuple[np.ndarray, int]:
+    """`predict_logits` with the examples dealt out over a launch's processes (every `world_size`-th
+    to each), gathered back in order on every process; and how many examples the processes scored
+    together. The model must run alone in each process: DDP's inference needs no collective, FSDP's does."""
+    from bigmodel_cli.processes import gathered, rank, world_size
+
+    processes = world_size()
+    if processes == 1:
+        return predict_logits(model, tokenizer, features, batch_size, progress), len(features)
+    mine = list(range(rank(), len(features), processes))
+    part = (predict_logits(model, tokenizer, features.select(mine) if hasattr(features, "select") else
+                           [features[i] for i in mine], batch_size, progress and rank() == 0)
+            if mine else np.empty((0, model.config.num_labels), dtype=np.float32))
+    parts = gathered(part)
+    logits = np.empty((len(features), model.config.num_labels), dtype=np.float32)
+    for r, share in enumerate(parts):
+        logits[r::processes] = share
+    return logits, sum(len(share) for share in parts)
+
+
 def evaluate_classifier(model, tokenizer, features, task: Task, batch_size: int = 128,
-                        progress: bool = False) -> dict[str, float]:
-    """`eval_loss`, the task's metrics and (classes) the confusion matrix of tokenized examples."""
-    logits = predict_logits(model, tokenizer, features, batch_size, progress)
+                        progress: bool = False, spread: bool = False) -> dict[str, float]:
+    """`eval_loss`, the task's metrics and (classes) the confusion matrix of tokenized examples; with
+    `spread`, the examples shared out over a launch's processes (`spread_logits`)."""
+    if spread:
+        logits, _ = spread_logits(model, tokenizer, features, batch_size, progress)
+    else:
+        logits = predict_logits(model, tokenizer, features, batch_size, progress)
+    return classifier_scores(logits, features, task)
+
+
+def classifier_scores(logits: np.ndarray, features, task: Task) -> dict:
+    """`eval_loss`, the task's metrics and (classes) the confusion matrix of `logits` against the
+    examples' labels."""
     labels = np.asarray(read_columns(features, ["label"])["label"])
     scores = {f"eval_{k}": v for k, v in score_logits(logits, labels, task.metrics, task.is_regression).items()}
     if not task.is_regression:  # rows: true label, columns: predicted
