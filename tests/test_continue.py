@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import copy
 import json
 
 import pytest
@@ -121,6 +122,48 @@ def test_a_fresh_head_trains_alone_first():
         assert (named["bert.encoder.layer.0.output.dense.weight"].grad is None) == warming
         assert (named["bert.embeddings.word_embeddings.weight"].grad is None) == warming  # tied to the decoder
         assert named["cls.predictions.transform.dense.weight"].grad is not None
+
+
+@pytest.mark.unit
+def test_a_frozen_encoder_warm_up_trains_as_the_dropped_gradients_did_without_the_encoders_backward():
+    """In one process the encoder is frozen while the head warms up: no gradient of it is computed
+    (its backward pass is skipped), and the weights after warm-up and after it match the path that
+    computes the gradients and drops them (which several processes take)."""
+    import types
+
+    import torch
+    from transformers import BertConfig, BertForMaskedLM
+
+    from bigmodel_cli.mlm.trainer import HeadWarmup
+
+    torch.manual_seed(0)
+    start = BertForMaskedLM(BertConfig(vocab_size=50, hidden_size=16, num_hidden_layers=1, num_attention_heads=2,
+                                       intermediate_size=32, hidden_dropout_prob=0.0, attention_probs_dropout_prob=0.0))
+    batches = [torch.randint(5, 50, (4, 12)) for _ in range(8)]
+    results = {}
+    for freeze in (True, False):
+        model = copy.deepcopy(start)
+        warmup = HeadWarmup(model, 0.5, budget=None, freeze=freeze)
+        optimizer = torch.optim.AdamW(model.parameters(), lr=1e-2)
+        encoder_grads = []
+        for step, ids in enumerate(batches):
+            state = types.SimpleNamespace(global_step=step, max_steps=len(batches))
+            warmup.on_step_begin(None, state, None)
+            model(input_ids=ids, labels=ids).loss.backward()
+            encoder_grads.append(model.bert.encoder.layer[0].output.dense.weight.grad is not None)
+            warmup.on_pre_optimizer_step(None, state, None)
+            optimizer.step()
+            optimizer.zero_grad(set_to_none=True)
+        warmup.on_train_end(None, state, None)
+        results[freeze] = (model, encoder_grads)
+    frozen, dropped = results[True][0], results[False][0]
+    assert results[True][1] == [False] * 4 + [True] * 4  # no encoder backward while warming
+    assert results[False][1] == [True] * 8
+    assert all(p.requires_grad for p in frozen.parameters())
+    for (name, a), b in zip(frozen.named_parameters(), dropped.parameters()):
+        assert torch.allclose(a, b, atol=1e-6), name
+    assert not torch.equal(frozen.bert.encoder.layer[0].output.dense.weight,
+                           start.bert.encoder.layer[0].output.dense.weight)  # the encoder trained after
 
 
 @pytest.mark.unit

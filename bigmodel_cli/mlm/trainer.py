@@ -33,7 +33,8 @@ class MLMTrainer(CountingTrainer):
         self.add_callback(EpochToCollator(self.data_collator))
         # a collator that leaves the masks to the device: drawn in `get_batch_samples`
         self.device_masks = DeviceMasks(self.data_collator) if getattr(self.data_collator, "on_device", False) else None
-        self.head_warmup = HeadWarmup(self.model, head_warmup, budget) if head_warmup > 0 else None
+        one_process = self.args.world_size == 1 and not (self.is_fsdp_enabled or self.is_deepspeed_enabled)
+        self.head_warmup = HeadWarmup(self.model, head_warmup, budget, freeze=one_process) if head_warmup > 0 else None
         if self.head_warmup is not None:
             self.add_callback(self.head_warmup)
         self.head_learning_rate = head_learning_rate
@@ -204,14 +205,32 @@ def encoder_parameters(model) -> list:
 
 class HeadWarmup(TrainerCallback):
     """A fresh MLM head trains alone first: for the first `share` of the run (of the time budget, else
-    of the steps) the encoder's gradients are dropped before each optimizer step, so AdamW skips its
+    of the steps) the encoder is frozen (one process) or its gradients are dropped before each
+    optimizer step (several), so AdamW skips its
     parameters (the tied word embeddings too) while the head's transform and bias learn; then the
     encoder joins, with its optimizer state fresh. Decided by the step count or the budget's shared
     clock, so a resumed run and every process drop the same steps."""
 
-    def __init__(self, model, share: float, budget: TimeBudget | None):
+    def __init__(self, model, share: float, budget: TimeBudget | None, freeze: bool = False):
         self.share, self.budget = share, budget
         self.encoder = encoder_parameters(model)
+        # In one process the encoder is frozen while the head warms up, so its backward pass is not
+        # computed at all (about two thirds of a step's work). Across processes DDP expects every
+        # parameter's gradient at every step, so there the gradients are computed and dropped.
+        self.freeze = freeze
+        self.frozen = False
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.freeze and self.warming(state) != self.frozen:
+            self.frozen = not self.frozen
+            for parameter in self.encoder:
+                parameter.requires_grad_(not self.frozen)
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.frozen:  # a run that ends warming (a stop, a short run) leaves a model that trains
+            self.frozen = False
+            for parameter in self.encoder:
+                parameter.requires_grad_(True)
 
     def warming(self, state) -> bool:
         if self.budget is not None:
