@@ -21,7 +21,7 @@ class ClassifierTrainer(CountingTrainer):
     def fast_evaluation(self) -> bool:
         """Whether evaluations take `bigmodel eval`'s path: not where the model is sharded over the
         processes (FSDP, DeepSpeed), whose every forward is a collective that Trainer's loop keeps in step."""
-        return not (self.is_fsdp_enabled or self.is_deepspeed_enabled)
+        return not self.model_sharded
 
     def evaluation_note(self) -> str:
         """The run header's word on how the evaluations run."""

@@ -151,7 +151,8 @@ def mismatched_accuracy(task: Task, folder: Path, run_dir: Path, seeds: int) -> 
     for model_dir in dirs:
         model, tokenizer = load_saved_classifier(str(model_dir))
         data = encode(load_glue(task, "validation_mismatched", str(folder)), tokenizer)
-        accuracies.append(evaluate_classifier(model, tokenizer, data, task)["eval_accuracy"])
+        # under launch each process scores its share (a saved model, whole in every process)
+        accuracies.append(evaluate_classifier(model, tokenizer, data, task, spread=True)["eval_accuracy"])
     return statistics.fmean(accuracies)
 
 

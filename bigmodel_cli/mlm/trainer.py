@@ -33,7 +33,7 @@ class MLMTrainer(CountingTrainer):
         self.add_callback(EpochToCollator(self.data_collator))
         # a collator that leaves the masks to the device: drawn in `get_batch_samples`
         self.device_masks = DeviceMasks(self.data_collator) if getattr(self.data_collator, "on_device", False) else None
-        one_process = self.args.world_size == 1 and not (self.is_fsdp_enabled or self.is_deepspeed_enabled)
+        one_process = self.args.world_size == 1 and not self.model_sharded
         self.head_warmup = HeadWarmup(self.model, head_warmup, budget, freeze=one_process) if head_warmup > 0 else None
         if self.head_warmup is not None:
             self.add_callback(self.head_warmup)
@@ -220,17 +220,18 @@ class HeadWarmup(TrainerCallback):
         self.freeze = freeze
         self.frozen = False
 
-    def on_step_begin(self, args, state, control, **kwargs):
-        if self.freeze and self.warming(state) != self.frozen:
-            self.frozen = not self.frozen
+    def set_frozen(self, frozen: bool) -> None:
+        if frozen != self.frozen:
+            self.frozen = frozen
             for parameter in self.encoder:
-                parameter.requires_grad_(not self.frozen)
+                parameter.requires_grad_(not frozen)
+
+    def on_step_begin(self, args, state, control, **kwargs):
+        if self.freeze:
+            self.set_frozen(self.warming(state))
 
     def on_train_end(self, args, state, control, **kwargs):
-        if self.frozen:  # a run that ends warming (a stop, a short run) leaves a model that trains
-            self.frozen = False
-            for parameter in self.encoder:
-                parameter.requires_grad_(True)
+        self.set_frozen(False)  # a run that ends warming (a stop, a short run) leaves a model that trains
 
     def warming(self, state) -> bool:
         if self.budget is not None:

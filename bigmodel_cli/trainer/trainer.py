@@ -72,10 +72,16 @@ class CountingTrainer(AtomicCheckpoints, SeededSampling, Trainer):
             return
         super().save_model(output_dir, _internal_call)
 
+    @property
+    def model_sharded(self) -> bool:
+        """Whether the model (or its training state) is sharded over the processes (FSDP, DeepSpeed):
+        its weights are gathered to be whole, and its forward pass is a collective."""
+        return self.is_fsdp_enabled or self.is_deepspeed_enabled
+
     def full_state_dict(self) -> dict | None:
         """The model's whole state dict on the main process (None on the others), gathered from every
         process's shards under FSDP: every process calls it."""
-        if self.is_fsdp_enabled or self.is_deepspeed_enabled:
+        if self.model_sharded:
             state_dict = self.accelerator.get_state_dict(self.model)
         else:
             state_dict = self.accelerator.unwrap_model(self.model).state_dict()
