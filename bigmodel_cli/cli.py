@@ -76,10 +76,12 @@ def pretrain(
 
 @app.command()
 def finetune(
-    task: str | None = typer.Option(None, "--task", "-t", help="GLUE task: cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, wnli."),
+    task: str | None = typer.Option(None, "--task", "-t", help="GLUE task: cola, sst2, mrpc, qqp, stsb, mnli, qnli, rte, "
+                                    "wnli; or ner (named entities from CoNLL or JSON Lines files)."),
     model: str | None = typer.Option(None, "--model", "-m", help="Model folder (e.g. a pretrain run) or hub id."),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="Folder with GLUE's own files for the task; default: the hub."),
-    train_file: Path | None = typer.Option(None, "--train-file", help="Your own training data: CSV, TSV, JSON or JSON Lines."),
+    train_file: Path | None = typer.Option(None, "--train-file", help="Your own training data: CSV, TSV, JSON or JSON Lines "
+                                           "(ner: CoNLL or JSON Lines)."),
     validation_file: Path | None = typer.Option(None, "--validation-file", help="Your own validation data."),
     test_file: Path | None = typer.Option(None, "--test-file", help="Examples to predict after training (labels optional)."),
     recipe: str | None = RecipeOpt,
@@ -89,10 +91,10 @@ def finetune(
     overwrite: bool = OverwriteOpt,
     quiet: bool = QuietOpt,
 ) -> None:
-    """Fine-tune a sequence classifier on a GLUE task or your own labelled files.
+    """Fine-tune a sequence classifier on a GLUE task or your own labelled files, or a tagger (--task ner).
 
     Evaluates on the dev split after every epoch and keeps the best epoch. Default recipe:
-    finetune/<task> (or finetune/custom for your own files).
+    finetune/<task> (finetune/custom for your own files, finetune/ner for named entities).
     """
     from bigmodel_cli.commands import finetune as job
 
@@ -157,16 +159,18 @@ def glue(
 @app.command("eval")
 def evaluate(
     model: str = typer.Option(..., "--model", "-m", help="A saved model folder (a finetune or pretrain run)."),
-    task: str | None = typer.Option(None, "--task", "-t", help="GLUE task, or 'mlm' for perplexity. Default: the model's own."),
+    task: str | None = typer.Option(None, "--task", "-t", help="GLUE task, 'ner', or 'mlm' for perplexity. "
+                                    "Default: the model's own."),
     data_dir: Path | None = typer.Option(None, "--data-dir", help="Folder with GLUE's own files; default: the hub."),
-    data_file: Path | None = typer.Option(None, "--data-file", help="A labelled file (GLUE TSV, CSV, JSON, JSONL), or text for mlm."),
+    data_file: Path | None = typer.Option(None, "--data-file", help="A labelled file (GLUE TSV, CSV, JSON, JSONL; "
+                                                               "CoNLL for ner), or text for mlm."),
     split: str | None = typer.Option(None, "--split", help="train, validation (dev), test, or MNLI's validation_mismatched "
                                      "(GLUE's files or the hub). Default: validation."),
     batch_size: int = typer.Option(32, "--batch-size", min=1,
                                    help="Examples per batch, length-sorted (on 2 CPU cores 32 ran 1.6x faster than 256)."),
     as_json: bool = typer.Option(False, "--json", help="Print one JSON object as the last line of stdout."),
 ) -> None:
-    """Evaluate a saved model: accuracy/F1 or the task's official metric, or perplexity (--task mlm)."""
+    """Evaluate a saved model: accuracy/F1 or the task's official metric, entity F1 for a tagger, or perplexity (--task mlm)."""
     from bigmodel_cli.commands import evaluate as job
 
     job.command(model, task, split, str(data_dir) if data_dir else None, str(data_file) if data_file else None,
@@ -175,16 +179,17 @@ def evaluate(
 
 @app.command()
 def predict(
-    model: str = typer.Option(..., "--model", "-m", help="A saved classifier folder (a finetune run)."),
+    model: str = typer.Option(..., "--model", "-m", help="A saved classifier or tagger folder (a finetune run)."),
     text: str | None = typer.Option(None, "--text", help="One input text."),
     text_pair: str | None = typer.Option(None, "--text-pair", help="The second text, for pair tasks."),
-    input_file: Path | None = typer.Option(None, "--input-file", "-i", help="CSV, TSV, JSON or JSON Lines; streamed."),
+    input_file: Path | None = typer.Option(None, "--input-file", "-i", help="CSV, TSV, JSON or JSON Lines; streamed. A tagger: "
+                                           "text lines (.txt), CoNLL words or JSON Lines (text or tokens)."),
     output: Path | None = typer.Option(None, "--output", help="JSON Lines file to write (never overwritten). Default: stdout."),
     batch_size: int = typer.Option(32, "--batch-size", min=1,
                                    help="Examples per batch, length-sorted (on 2 CPU cores 32 ran 1.6x faster than 256)."),
     quiet: bool = QuietOpt,
 ) -> None:
-    """Predict labels (names and probabilities) or scores: one JSON line per example."""
+    """Predict labels (names and probabilities) or scores, or a tagger's entities with character offsets: one JSON line per example."""
     from bigmodel_cli.commands import predict as job
 
     job.command(model, text, text_pair, str(input_file) if input_file else None, str(output) if output else None,

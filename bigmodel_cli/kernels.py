@@ -121,12 +121,13 @@ def use_mask_without_sync(model) -> bool:
 
 def tested_model(model) -> bool:
     """The model classes the fast paths are tested on (tests/test_kernels.py): BERT's masked LM (and
-    pretraining's sparse-head subclass of it) and BERT's sequence classifier, as encoders. Others
+    pretraining's sparse-head subclass of it), BERT's sequence and token classifiers, as encoders. Others
     (causal attention, grouped-query attention, sliding windows, other families) run the stock code."""
-    from transformers import BertForMaskedLM, BertForSequenceClassification
+    from transformers import BertForMaskedLM, BertForSequenceClassification, BertForTokenClassification
 
     own = type(model).__module__.startswith(("transformers.models.bert.", "bigmodel_cli."))
-    return own and isinstance(model, (BertForMaskedLM, BertForSequenceClassification)) and not model.config.is_decoder
+    tested = (BertForMaskedLM, BertForSequenceClassification, BertForTokenClassification)
+    return own and isinstance(model, tested) and not model.config.is_decoder
 
 
 def use_fast_dropout(model) -> bool:

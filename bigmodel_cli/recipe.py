@@ -327,6 +327,10 @@ class LabelledDataSection(Section):
     pad_to_buckets: bool | None = None
     max_train_samples: int | None = Field(None, ge=1)  # keep the first N examples (debugging)
     max_eval_samples: int | None = Field(None, ge=1)
+    # token classification (task: ner): CoNLL or JSON Lines files
+    tag_column: int = -1  # the CoNLL column of the tags (-1: the last; CoNLL-2003's NER tags: 3)
+    label_all_tokens: bool = False  # label every sub-word of a word, not just its first (a B- continues as I-)
+    stride: int = Field(32, ge=0)  # tokens that neighbouring windows of a sentence over max_seq_length share
 
 
 class FinetuneRecipe(Section):

@@ -308,3 +308,25 @@ def test_fast_paths_under_autocast_stay_within_its_rounding_of_fp32(dtype, toler
         sparse_loss = sparse(input_ids=ids, attention_mask=mask, labels=mlm_labels).loss
     full_loss = full(input_ids=ids, attention_mask=mask, labels=mlm_labels).loss
     assert abs(sparse_loss.item() - full_loss.item()) < tolerance
+
+
+def test_token_classifier_with_fast_dropout_computes_what_the_stock_one_does():
+    """BERT's token classifier gets the fast paths too (`tested_model`): the same logits per token,
+    padded or not, in training mode."""
+    from transformers import BertForTokenClassification
+
+    config = BertConfig(vocab_size=100, hidden_size=32, num_hidden_layers=2, num_attention_heads=4,
+                        intermediate_size=64, hidden_dropout_prob=NO_DROP, attention_probs_dropout_prob=NO_DROP,
+                        num_labels=5)
+    torch.manual_seed(0)
+    stock, fast = BertForTokenClassification(config), BertForTokenClassification(config)
+    fast.load_state_dict(stock.state_dict())
+    assert use_fast_dropout(fast) and any(isinstance(m, FastDropout) for m in fast.modules())
+    ids = torch.randint(5, 100, (2, 6))
+    mask = torch.ones(2, 6, dtype=torch.long)
+    mask[0, 4:] = 0
+    stock.train()
+    fast.train()
+    padded = fast(input_ids=ids, attention_mask=mask).logits
+    torch.testing.assert_close(padded, stock(input_ids=ids, attention_mask=mask).logits, rtol=0, atol=1e-6)
+    torch.testing.assert_close(padded[:1, :4], fast(input_ids=ids[:1, :4]).logits, rtol=0, atol=1e-6)

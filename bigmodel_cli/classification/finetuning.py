@@ -98,16 +98,18 @@ def training_collator(recipe: FinetuneRecipe, tokenizer):
     return DataCollatorWithPadding(tokenizer)
 
 
-def run_seeds(recipe: FinetuneRecipe, run_dir: Path, count: int, overwrite: bool, quiet: bool) -> dict:
-    """One run per seed in run_dir/seed-N, then the mean and standard deviation of every metric
-    in run_dir/seeds_summary.json (MRPC results move by points between seeds)."""
+def run_seeds(recipe: FinetuneRecipe, run_dir: Path, count: int, overwrite: bool, quiet: bool, job=None) -> dict:
+    """One run per seed in run_dir/seed-N (of `job`: this module's `run`, or the tagger's), then the
+    mean and standard deviation of every metric in run_dir/seeds_summary.json (MRPC results move by
+    points between seeds)."""
+    job = job or run
     first = recipe.training.seed  # the user's seeds: first, first + 1, ... (each derives its own streams)
     per_seed = {}
     for seed in range(first, first + count):
         one = recipe.model_copy(deep=True)
         one.training.seed = seed
         seed_dir = run_dir / f"seed-{seed}"
-        per_seed[seed] = run(one, seed_dir, open_run(seed_dir, one, overwrite), quiet)
+        per_seed[seed] = job(one, seed_dir, open_run(seed_dir, one, overwrite), quiet)
     keys = [k for k, v in per_seed[first].items() if k.startswith("eval_") and isinstance(v, float)]
     result = {"seeds": list(per_seed), "runs": [str(run_dir / f"seed-{s}") for s in per_seed]}
     for key in keys:
@@ -131,8 +133,11 @@ def median_seed(first_dir: Path, per_seed: dict[int, dict]) -> tuple[str, int]:
     from transformers import AutoConfig
 
     from bigmodel_cli.classification.tasks import task_from_model
+    from bigmodel_cli.tagging import tasks as tagging
 
-    metric = f"eval_{task_from_model(AutoConfig.from_pretrained(first_dir), None).best_metric}"
+    config = AutoConfig.from_pretrained(first_dir)
+    task = tagging.task_from_model(config) if tagging.is_tagger(config) else task_from_model(config, None)
+    metric = f"eval_{task.best_metric}"
     ranked = sorted(per_seed, key=lambda seed: (per_seed[seed][metric], seed))
     return metric, ranked[(len(ranked) - 1) // 2]
 

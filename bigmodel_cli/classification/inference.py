@@ -22,8 +22,11 @@ from bigmodel_cli.errors import BigmodelError
 
 CHUNK = 2048  # examples tokenized and scored at a time when predicting a file
 
-def predict_logits(model, tokenizer, features, batch_size: int = 32, progress: bool = False) -> np.ndarray:
-    """Logits for tokenized examples (dicts with `input_ids`, ...), in their original order.
+def predict_logits(model, tokenizer, features, batch_size: int = 32, progress: bool = False,
+                   per_token: bool = False) -> np.ndarray | list[np.ndarray]:
+    """Logits for tokenized examples (dicts with `input_ids`, ...), in their original order: an
+    array (examples, labels), or with `per_token` (a token classifier) one (tokens, labels) array
+    per example.
 
     Examples are sorted by length and cut into batches of at most `batch_size` that waste the
     fewest padded token slots (`length_batches`), padded in numpy (`pad_batch`), and run under
@@ -46,12 +49,18 @@ def predict_logits(model, tokenizer, features, batch_size: int = 32, progress: b
     device = next(model.parameters()).device
     spans = length_batches([len(row["input_ids"]) for row in rows], batch_size)
 
-    def run(span: tuple[int, int]) -> np.ndarray:
+    left = tokenizer.padding_side == "left"
+
+    def run(span: tuple[int, int]):
         with torch.inference_mode():  # per thread: grad mode is thread-local
             batch = pad_batch(rows[span[0] : span[1]], tokenizer)
-            return model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu().numpy()
+            logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu().numpy()
+        if not per_token:
+            return logits
+        sizes = [len(row["input_ids"]) for row in rows[span[0] : span[1]]]
+        return [one[-n:] if left else one[:n] for one, n in zip(logits, sizes)]
 
-    out = np.empty((len(order), model.config.num_labels), dtype=np.float32)
+    out = [None] * len(order) if per_token else np.empty((len(order), model.config.num_labels), dtype=np.float32)
     threads = eval_threads(device, len(spans))
     intra = torch.get_num_threads()
     # Each worker thread sets its own OpenMP count; MKL's is global, so it is restored after.
@@ -68,6 +77,11 @@ def predict_logits(model, tokenizer, features, batch_size: int = 32, progress: b
             torch.set_num_threads(intra)
         model.train(was_training)
     bar.close()
+    if per_token:
+        result = [None] * len(order)
+        for place, original in enumerate(order):
+            result[original] = out[place]
+        return result
     result = np.empty_like(out)
     result[order] = out
     return result
@@ -141,7 +155,8 @@ def eval_threads(device, batches: int) -> int:
     return max(1, min(wanted, batches))
 
 
-def spread_logits(model, tokenizer, features, batch_size: int = 32, progress: bool = False) -> tuple[np.ndarray, int]:
+def spread_logits(model, tokenizer, features, batch_size: int = 32, progress: bool = False,
+                  per_token: bool = False) -> tuple[np.ndarray | list[np.ndarray], int]:
     """`predict_logits` with the examples dealt out over a launch's processes (every `world_size`-th
     to each), gathered back in order on every process; and how many examples the processes scored
     together. The model must run alone in each process: DDP's inference needs no collective, FSDP's does."""
@@ -149,13 +164,14 @@ def spread_logits(model, tokenizer, features, batch_size: int = 32, progress: bo
 
     processes = world_size()
     if processes == 1:
-        return predict_logits(model, tokenizer, features, batch_size, progress), len(features)
+        return predict_logits(model, tokenizer, features, batch_size, progress, per_token), len(features)
     mine = list(range(rank(), len(features), processes))
+    empty = [] if per_token else np.empty((0, model.config.num_labels), dtype=np.float32)
     part = (predict_logits(model, tokenizer, features.select(mine) if hasattr(features, "select") else
-                           [features[i] for i in mine], batch_size, progress and rank() == 0)
-            if mine else np.empty((0, model.config.num_labels), dtype=np.float32))
+                           [features[i] for i in mine], batch_size, progress and rank() == 0, per_token)
+            if mine else empty)
     parts = gathered(part)
-    logits = np.empty((len(features), model.config.num_labels), dtype=np.float32)
+    logits = [None] * len(features) if per_token else np.empty((len(features), model.config.num_labels), dtype=np.float32)
     for r, share in enumerate(parts):
         logits[r::processes] = share
     return logits, sum(len(share) for share in parts)

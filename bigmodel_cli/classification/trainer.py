@@ -29,12 +29,10 @@ class ClassifierTrainer(CountingTrainer):
             return "per-epoch evaluation on bigmodel eval's path"
         return "per-epoch evaluation in Trainer's loop (the model is sharded over the processes)"
 
-    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict:
+    def evaluation(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict:
         dataset = eval_dataset if eval_dataset is not None else self.eval_dataset
         if not self.fast_evaluation or isinstance(dataset, dict):
-            return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
-        from transformers.trainer_utils import speed_metrics
-
+            return super().evaluation(eval_dataset, ignore_keys, metric_key_prefix)
         start = time.time()
         batch = self.args.per_device_eval_batch_size
         logits, scored = spread_logits(self.model, self.processing_class, dataset, batch)
@@ -42,8 +40,5 @@ class ClassifierTrainer(CountingTrainer):
                    for key, value in classifier_scores(logits, dataset, self.task).items()
                    if isinstance(value, (int, float))}  # the confusion matrix stays out of the logs
         metrics[f"{metric_key_prefix}_examples"] = scored  # from every process together, each example once
-        metrics.update(speed_metrics(metric_key_prefix, start, num_samples=len(dataset),
-                                     num_steps=math.ceil(len(dataset) / (batch * self.args.world_size))))
-        self.log(metrics)
-        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
-        return metrics
+        return self.evaluated(metrics, metric_key_prefix, start, len(dataset),
+                              math.ceil(len(dataset) / (batch * self.args.world_size)))

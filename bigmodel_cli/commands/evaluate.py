@@ -1,7 +1,8 @@
 """`bigmodel eval`: a saved model's metrics on any split or file.
 
 Classifiers: `eval_loss` and the task's official metrics, through the same function finetune uses
-for its `metrics.json`, so evaluating a finetune run reproduces its dev metrics. Masked LMs:
+for its `metrics.json`, so evaluating a finetune run reproduces its dev metrics. Taggers: entity
+precision, recall and F1 (seqeval, strict IOB2), per type too, and word accuracy, the same way. Masked LMs:
 `eval_loss` (mean over masked tokens, fixed masks) and `perplexity`.
 """
 
@@ -13,6 +14,7 @@ from bigmodel_cli.console import setup, shown
 from bigmodel_cli.errors import BigmodelError
 from bigmodel_cli.models import load_tokenizer
 from bigmodel_cli.recipe import FinetuneRecipe, LabelledDataSection, PretrainRecipe, read_saved_recipe
+from bigmodel_cli.tagging.model import is_saved_tagger
 
 
 def command(model: str, task: str | None, split: str | None, data_dir: str | None, data_file: str | None,
@@ -24,13 +26,16 @@ def command(model: str, task: str | None, split: str | None, data_dir: str | Non
     split = split or "validation"
     if task and task.lower() == "mlm":
         metrics = evaluate_mlm_on(model, data_file, batch_size)
+    elif (task and task.lower() == "ner") or is_saved_tagger(model):
+        metrics = evaluate_tagger_on(model, data_file, batch_size)
     else:
         metrics = evaluate_classifier_on(model, task, split, data_dir, data_file, batch_size)
     if as_json:
         print(json.dumps(metrics, sort_keys=True))
     else:
         for key, value in sorted(metrics.items()):
-            print(f"{key:24s} {shown(value)}")
+            if not isinstance(value, dict):  # a tagger's per-type table: its F1s are printed as f1_TYPE
+                print(f"{key:24s} {shown(value)}")
 
 
 def evaluate_classifier_on(model_dir: str, task_name: str | None, split: str, data_dir: str | None,
@@ -54,6 +59,26 @@ def evaluate_classifier_on(model_dir: str, task_name: str | None, split: str, da
         raise BigmodelError(f"the {split} data has no labels (GLUE's test files hide them); use `bigmodel predict`")
     metrics = evaluate_classifier(model, tokenizer, encode(data, tokenizer), task, batch_size)
     metrics["eval_samples"] = len(data)
+    return metrics
+
+
+def evaluate_tagger_on(model_dir: str, data_file: str | None, batch_size: int) -> dict:
+    """Entity precision, recall, F1 (per type too) and word accuracy of a tagger on a CoNLL or JSON
+    Lines file, windowed as the run that made it (its saved recipe) windowed."""
+    from bigmodel_cli.tagging.data import check_labels, read_tagged
+    from bigmodel_cli.tagging.inference import evaluate_tagger
+    from bigmodel_cli.tagging.model import load_saved_tagger, saved_data_settings
+    from bigmodel_cli.tagging.tasks import task_from_model
+
+    if not data_file:
+        raise BigmodelError(f"model {model_dir} tags words: give --data-file, a CoNLL or JSON Lines file with tags")
+    model, tokenizer = load_saved_tagger(model_dir)
+    data = saved_data_settings(model_dir, tokenizer)
+    task = task_from_model(model.config)
+    tagged = read_tagged(data_file, "--data-file", data.tag_column)
+    check_labels(tagged, task, "--data-file")
+    metrics = evaluate_tagger(model, tokenizer, tagged.sentences, task, data.max_seq_length, data.stride, batch_size)
+    metrics["eval_samples"] = len(tagged.sentences)
     return metrics
 
 

@@ -160,12 +160,26 @@ class CountingTrainer(AtomicCheckpoints, SeededSampling, Trainer):
             agreed=True,
         )
 
-    def evaluate(self, *args, **kwargs):
+    def evaluate(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict:
         start = time.perf_counter()
         try:
-            return super().evaluate(*args, **kwargs)
+            return self.evaluation(eval_dataset, ignore_keys, metric_key_prefix)
         finally:
             self.aside_seconds += time.perf_counter() - start
+
+    def evaluation(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict:
+        """The evaluation itself (its time is set aside from training speed): Trainer's loop here;
+        fine-tuning's trainers take `bigmodel eval`'s path and end with `evaluated`."""
+        return super().evaluate(eval_dataset, ignore_keys, metric_key_prefix)
+
+    def evaluated(self, metrics: dict, prefix: str, started: float, samples: int, steps: int | None = None) -> dict:
+        """What Trainer does with an evaluation's figures: add its speed, log them, tell the callbacks."""
+        from transformers.trainer_utils import speed_metrics
+
+        metrics.update(speed_metrics(prefix, started, num_samples=samples, num_steps=steps))
+        self.log(metrics)
+        self.control = self.callback_handler.on_evaluate(self.args, self.state, self.control, metrics)
+        return metrics
 
     def extra_state(self) -> dict:
         return {"loss_sum": self.read_sums()[2]}

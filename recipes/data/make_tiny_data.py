@@ -5,6 +5,8 @@
 tiny-corpus.txt: 600 English lines from templates (plus blank lines, as real corpora have).
 mrpc-tiny/{train,dev}.tsv: MRPC's own byte format (UTF-8 BOM, tabs, literal quotes): a pair is a
 paraphrase (1) when the second sentence restates the first, else (0).
+ner-tiny/{train,dev}.conll: CoNLL files (a word and its IOB2 tag per line, a blank line between
+sentences, a -DOCSTART- line first) with person, place and company names (PER, LOC, ORG).
 """
 
 import random
@@ -70,8 +72,40 @@ def mrpc(rng: random.Random, size: int) -> str:
     return "\ufeff" + "\n".join(rows) + "\n"
 
 
+PEOPLE = ["Anna Berg", "John", "Maria Lopez", "Chen Wei", "Tom", "Sara Kim", "Omar Haddad", "Lena"]
+CITIES = ["Paris", "New York", "Oslo", "Cairo", "Lima", "San Francisco", "Hanoi", "Berlin"]
+COMPANIES = ["Acme Corp", "Globex", "Initech", "Blue River Bank", "Nordwind", "Umbrella Labs"]
+FRAMES = ["{PER} visited {LOC} {p} .", "{PER} works for {ORG} in {LOC} .", "{ORG} opened a {n} in {LOC} .",
+          "the {a} {n} of {ORG} was sold to {PER} .", "{PER} and {PER} moved to {LOC} {p} ."]
+
+
+def tagged(rng: random.Random) -> list[tuple[str, str]]:
+    """One sentence as (word, IOB2 tag) pairs."""
+    words = []
+    for part in rng.choice(FRAMES).split():
+        kind = {"{PER}": "PER", "{LOC}": "LOC", "{ORG}": "ORG"}.get(part)
+        if kind:
+            name = rng.choice({"PER": PEOPLE, "LOC": CITIES, "ORG": COMPANIES}[kind]).split()
+            words += [(w, f"{'B' if i == 0 else 'I'}-{kind}") for i, w in enumerate(name)]
+        else:
+            text = part.format(p=rng.choice(PLACES), n=rng.choice(NOUNS), a=rng.choice(ADJECTIVES))
+            words += [(w, "O") for w in text.split()]
+    return words
+
+
+def conll(rng: random.Random, size: int) -> str:
+    blocks = ["-DOCSTART- O"]
+    for _ in range(size):
+        blocks.append("\n".join(f"{w}\t{t}" for w, t in tagged(rng)))
+    return "\n\n".join(blocks) + "\n"
+
+
 if __name__ == "__main__":
     rng = random.Random(0)
     (HERE / "tiny-corpus.txt").write_text(corpus(rng), encoding="utf-8")
     (HERE / "mrpc-tiny" / "train.tsv").write_text(mrpc(rng, 160), encoding="utf-8")
     (HERE / "mrpc-tiny" / "dev.tsv").write_text(mrpc(rng, 48), encoding="utf-8")
+    ner = random.Random(1)  # its own stream: the files above stay as they were
+    (HERE / "ner-tiny").mkdir(exist_ok=True)
+    (HERE / "ner-tiny" / "train.conll").write_text(conll(ner, 160), encoding="utf-8")
+    (HERE / "ner-tiny" / "dev.conll").write_text(conll(ner, 40), encoding="utf-8")

@@ -1,0 +1,1 @@
+"""Token classification (named entities): the sibling of `classification/`, one tag per word."""
