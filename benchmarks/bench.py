@@ -10,6 +10,10 @@ pretrain: BERT-tiny on WikiText-2 with one tokenizer for both. Peer = run_mlm.py
   truncation to 128, dynamic padding, the full MLM head, `DataCollatorForLanguageModeling`. Same
   model shape and optimizer settings, the same wall-clock budget and the budget-long schedule for
   both. Real (non-pad) tokens/s and held-out perplexity (one scorer, fixed masks).
+ner: all-MiniLM-L6-v2 tagging WNUT-16 (ner/wnut16). Peer = run_ner.py's defaults: lr 5e-5, batch 8, 3
+  epochs, each word's first sub-word labelled, `DataCollatorForTokenClassification`, `Trainer`. Ours =
+  the shipped finetune/ner recipe. Sentences/s trained and evaluated; entity F1 (strict IOB2, one
+  scorer for both) and wall time.
 gemm: this CPU's matrix-multiply peak, to put achieved FLOP/s against.
 
 --gpu (`make bench-gpu`): the same comparisons on one GPU, BERT-base fp32 against bf16 with MFU, a
@@ -135,12 +139,13 @@ def medians(rounds: list[dict]) -> dict:
     return {key: statistics.median(r[key] for r in rounds) for key in ("ratio", "peer", "ours")}
 
 
-def train_then_evaluate(mrpc: Path, work: Path, peer_args: tuple, ours_overrides: list[str], rounds: int = EVAL_ROUNDS):
+def train_then_evaluate(mrpc: Path, work: Path, peer_args: tuple, ours_overrides: list[str], rounds: int = EVAL_ROUNDS,
+                        jobs: tuple[str, str] = ("finetune_peer", "finetune_ours")):
     """Each side fine-tunes in a process of its own, one after the other; then both evaluate in
     interleaved rounds. Returns (peer's figures, ours, the rounds)."""
     with side_process(False) as peer_side, side_process(True) as ours_side:
-        peer = peer_side.submit(_train, "finetune_peer", mrpc, work, *peer_args).result()
-        ours = ours_side.submit(_train, "finetune_ours", mrpc, work, ours_overrides).result()
+        peer = peer_side.submit(_train, jobs[0], mrpc, work, *peer_args).result()
+        ours = ours_side.submit(_train, jobs[1], mrpc, work, ours_overrides).result()
         return peer, ours, eval_rounds(peer_side, ours_side, rounds)
 
 
@@ -226,6 +231,130 @@ def finetune_peer(mrpc: Path, work: Path, max_steps: int, epochs: float, model_n
     return {"train_samples_per_second": result.metrics["train_samples_per_second"],
             "eval_accuracy": evaluated["eval_accuracy"], "eval_f1": evaluated["eval_f1"],
             "train_runtime": result.metrics["train_runtime"]}, evaluate
+
+
+# ---------------------------------------------------------------------------------------------
+# named entities (token classification)
+# ---------------------------------------------------------------------------------------------
+def ner_ours(ner: Path, work: Path, overrides: list[str], name: str = "ours-ner"):
+    """The shipped finetune/ner recipe; returns its figures and a function that evaluates the saved
+    model once as `bigmodel eval` does (sentences scored)."""
+    from bigmodel_cli.recipe import load_recipe
+    from bigmodel_cli.tagging import finetuning
+    from bigmodel_cli.tagging.data import read_tagged
+    from bigmodel_cli.tagging.inference import evaluate_tagger
+    from bigmodel_cli.tagging.model import load_saved_tagger
+    from bigmodel_cli.tagging.tasks import task_from_model
+
+    recipe, _ = load_recipe("finetune", "finetune/ner", flags={"data.train_file": str(ner / "train.conll"),
+                                                               "data.validation_file": str(ner / "dev.conll")},
+                            overrides=[*overrides, "training.report_to=[none]", "training.save_total_limit=1"])
+    run_dir = work / name
+    start = time.perf_counter()
+    metrics = finetuning.run(recipe, run_dir, quiet=True)
+    wall = time.perf_counter() - start
+    model, tokenizer = load_saved_tagger(str(run_dir))
+    task, dev = task_from_model(model.config), read_tagged(ner / "dev.conll", "dev").sentences
+    data = recipe.data
+
+    def evaluate() -> int:
+        evaluate_tagger(model, tokenizer, dev, task, data.max_seq_length, data.stride,
+                        recipe.training.per_device_eval_batch_size)
+        return len(dev)
+
+    return {"train_samples_per_second": metrics["train_step_examples_per_second"],
+            "train_samples_per_second_with_evaluations": metrics["train_samples_per_second"],
+            "eval_samples_per_second_per_epoch": per_epoch_evaluation(run_dir),
+            "eval_f1": metrics["eval_f1"], "eval_precision": metrics["eval_precision"],
+            "eval_recall": metrics["eval_recall"], "epochs": recipe.training.num_train_epochs,
+            "train_runtime": metrics["train_runtime"], "wall_seconds": wall}, evaluate
+
+
+def ner_peer(ner: Path, work: Path, max_steps: int, epochs: float, model_name: str = MINILM):
+    """run_ner.py at its defaults (lr 5e-5, batch 8, 3 epochs, each word's first sub-word labelled,
+    `DataCollatorForTokenClassification`); its predictions scored by the same strict seqeval as ours."""
+    import numpy as np
+    from datasets import Dataset
+    from transformers import AutoModelForTokenClassification, DataCollatorForTokenClassification, Trainer, TrainingArguments
+
+    from bigmodel_cli.models import load_tokenizer, resolve_model_path
+    from bigmodel_cli.tagging.data import read_tagged
+    from bigmodel_cli.tagging.metrics import tag_scores
+    from bigmodel_cli.tagging.schemes import label_list
+
+    start = time.perf_counter()
+    train_sentences = read_tagged(ner / "train.conll", "train").sentences
+    dev_sentences = read_tagged(ner / "dev.conll", "dev").sentences
+    labels = label_list(t for s in train_sentences for t in s.tags)
+    label2id = {name: i for i, name in enumerate(labels)}
+    path = resolve_model_path(model_name)
+    tokenizer = load_tokenizer(path)
+
+    def encode(sentences):
+        data = Dataset.from_dict({"tokens": [s.words for s in sentences],
+                                  "tags": [[label2id[t] for t in s.tags] for s in sentences]})
+
+        def tokenize(batch):
+            out = tokenizer(batch["tokens"], truncation=True, is_split_into_words=True)
+            out["labels"] = []
+            for i, tags in enumerate(batch["tags"]):
+                previous, row = None, []
+                for word in out.word_ids(i):
+                    row.append(-100 if word is None or word == previous else tags[word])
+                    previous = word
+                out["labels"].append(row)
+            return out
+
+        return data.map(tokenize, batched=True, remove_columns=["tokens", "tags"])
+
+    train, dev = encode(train_sentences), encode(dev_sentences)
+    torch.manual_seed(42)
+    model = AutoModelForTokenClassification.from_pretrained(path, num_labels=len(labels), id2label=dict(enumerate(labels)),
+                                                            label2id=label2id)
+    args = TrainingArguments(output_dir=str(work / "peer-ner"), per_device_train_batch_size=8, per_device_eval_batch_size=8,
+                             learning_rate=5e-5, num_train_epochs=epochs, max_steps=max_steps, save_strategy="no",
+                             eval_strategy="no", report_to="none", disable_tqdm=True, seed=42,
+                             use_cpu=not torch.cuda.is_available(), logging_steps=50)
+
+    def metrics(p):
+        predicted = np.argmax(p.predictions, axis=-1)
+        gold, guess = [], []
+        for row, truth in zip(predicted, p.label_ids):
+            keep = truth != -100
+            gold.append([labels[i] for i in truth[keep]])
+            guess.append([labels[i] for i in row[keep]])
+        return {k: v for k, v in tag_scores(gold, guess).items() if isinstance(v, float)}
+
+    trainer = Trainer(model=model, args=args, train_dataset=train, eval_dataset=dev,
+                      data_collator=DataCollatorForTokenClassification(tokenizer), compute_metrics=metrics)
+    result = trainer.train()
+    evaluated = trainer.evaluate()
+    wall = time.perf_counter() - start
+
+    def evaluate() -> int:  # Trainer.evaluate as run_ner.py calls it; returns the sentences scored
+        trainer.evaluate()
+        return len(dev)
+
+    return {"train_samples_per_second": result.metrics["train_samples_per_second"],
+            "eval_f1": evaluated["eval_f1"], "eval_precision": evaluated["eval_precision"],
+            "eval_recall": evaluated["eval_recall"], "epochs": epochs,
+            "train_runtime": result.metrics["train_runtime"], "wall_seconds": wall}, evaluate
+
+
+def ner_section(ner: Path, work: Path, quick: bool, model: str = MINILM) -> dict:
+    """MiniLM on WNUT-16: the shipped finetune/ner recipe against run_ner.py's defaults."""
+    steps, epochs = (40, 1.0) if quick else (-1, 3.0)
+    ours_over = [f"training.max_steps={steps}"] if quick else []
+    peer, ours, rounds = train_then_evaluate(ner, work, (steps, epochs, model), [f"model.name_or_path={model}", *ours_over],
+                                             jobs=("ner_peer", "ner_ours"))
+    middle = medians(rounds)
+    peer["eval_samples_per_second"], ours["eval_samples_per_second"] = middle["peer"], middle["ours"]
+    return {"peer": peer, "ours": ours, "eval_rounds": rounds, "ratio": {
+        "train_samples_per_second": ours["train_samples_per_second"] / peer["train_samples_per_second"],
+        "eval_samples_per_second": middle["ratio"],
+        "eval_samples_per_second_per_epoch": ratio(ours["eval_samples_per_second_per_epoch"], middle["peer"]),
+        "wall_seconds": ours["wall_seconds"] / peer["wall_seconds"]},
+        "eval_f1_difference": ours["eval_f1"] - peer["eval_f1"]}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -641,8 +770,9 @@ def main() -> None:
                         help="the folder with glue/mrpc and wikitext-2; default $BIGMODEL_DATA or ../shared/data")
     parser.add_argument("--out", type=Path, default=Path("bench-results/bench.json"))
     parser.add_argument("--quick", action="store_true", help="a few minutes: 60 s budgets, 40 fine-tuning steps")
-    parser.add_argument("--only", choices=["finetune", "pretrain", "eval"], default=None,
-                        help="eval: fine-tuning's evaluation speed alone, on models trained one step (minutes)")
+    parser.add_argument("--only", choices=["finetune", "pretrain", "eval", "ner"], default=None,
+                        help="eval: fine-tuning's evaluation speed alone, on models trained one step (minutes); "
+                        "ner: named entities on WNUT-16 against run_ner.py")
     parser.add_argument("--gpu", action="store_true", help="one GPU: finetune, BERT-tiny and BERT-base pretraining "
                         "(fp32 and bf16, MFU), a one-process NCCL launch (under 8 minutes); and variants")
     parser.add_argument("--dry-run", action="store_true", help="with --gpu: the same sections on any device, seconds "
@@ -701,6 +831,9 @@ def main() -> None:
             "eval_samples_per_second_of_medians": ours["eval_samples_per_second"] / peer["eval_samples_per_second"],
             # the evaluations finetune runs after each epoch, against the peer's evaluation
             "eval_samples_per_second_per_epoch": ratio(ours["eval_samples_per_second_per_epoch"], middle["peer"])}}
+        save()
+    if opts.only in (None, "ner"):
+        report["ner"] = ner_section(opts.data / "ner" / "wnut16", work, opts.quick, opts.model)
         save()
     if opts.only in (None, "pretrain"):
         report["pretrain"] = pretrain_comparison(corpus, work, 60.0 if opts.quick else 600.0)

@@ -81,6 +81,26 @@ def test_shard_by_shard_every_example_is_placed_once_within_capacity(monkeypatch
     assert all(firsts[k] < firsts[k + 1] for k in range(len(firsts) - 1) if firsts[k] // 97 == firsts[k + 1] // 97)
 
 
+def test_examples_in_arrow_files_are_read_batch_by_batch_into_the_same_rows(monkeypatch, tmp_path):
+    """Tokenized examples on disk (several files, as `datasets.map` with workers writes them) are read
+    as streams, not memory-mapped, shard by shard: the rows are those of the same examples in memory."""
+    from datasets import Dataset, load_from_disk
+
+    monkeypatch.setattr(text, "SHARD_EXAMPLES", 97)
+    rng = random.Random(5)
+    ids = [[rng.randint(5, 99) for _ in range(rng.randint(2, 40))] for _ in range(1000)]
+    Dataset.from_dict({"n": list(range(1000))}).save_to_disk(tmp_path / "lines")
+    on_disk = load_from_disk(tmp_path / "lines").map(lambda b: {"input_ids": [ids[n] for n in b["n"]]}, batched=True,
+                                                     batch_size=64, remove_columns=["n"], num_proc=2)
+    on_disk = on_disk.add_column("example_id", list(range(1000)))
+    assert len(on_disk.cache_files) == 2
+    shards = list(text.id_shards(on_disk, 97))
+    assert [len(a) for a in shards] == [97] * 10 + [30]
+    assert [row for a in shards for row in a.to_pylist()] == ids
+    for packing in (True, False):
+        assert packed_dataset(on_disk, 64, packing).to_dict() == packed_dataset(examples_of(ids), 64, packing).to_dict()
+
+
 def test_the_tokenizer_trained_from_a_stream_of_batches_is_the_one_trained_from_a_list():
     from datasets import Dataset
 
