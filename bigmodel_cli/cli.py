@@ -197,6 +197,28 @@ def predict(
 
 
 @app.command()
+def export(
+    model: Path = typer.Option(..., "--model", "-m", help="A finetune run's folder: a sequence or token classifier."),
+    output_dir: Path | None = typer.Option(None, "--output-dir", "-o", help="A new folder. Default: MODEL-onnx beside the run."),
+    int8: bool = typer.Option(False, "--int8", help="Also quantize to int8, kept only if the dev metric holds (--max-drop)."),
+    max_drop: float = typer.Option(0.5, "--max-drop", min=0, help="Points of the main dev metric int8 may lose."),
+    data_dir: Path | None = typer.Option(None, "--data-dir", help="GLUE's files for the dev set. Default: the run's recipe's."),
+    data_file: Path | None = typer.Option(None, "--data-file", help="A labelled dev file. Default: the run's recipe's."),
+    opset: int = typer.Option(17, "--opset", help="The ONNX opset to write."),
+    quiet: bool = QuietOpt,
+) -> None:
+    """Export a fine-tuned model to ONNX (onnxruntime's fusions, logits checked against torch), and int8 that keeps its accuracy.
+
+    Writes model.onnx (and model.int8.onnx), the tokenizer, config, export_report.json and a model card.
+    `bigmodel eval` and `bigmodel predict` run the folder with onnxruntime.
+    """
+    from bigmodel_cli.commands import export as job
+
+    job.command(model, output_dir, int8, max_drop, str(data_dir) if data_dir else None,
+                str(data_file) if data_file else None, opset, quiet)
+
+
+@app.command()
 def report(
     run_dirs: list[Path] = typer.Argument(..., help="One or more run directories to plot and compare."),
     output: Path | None = typer.Option(None, "--output", "-o", help="Folder for the PNGs and report.md. Default: RUN_DIR/report."),

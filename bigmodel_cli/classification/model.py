@@ -35,12 +35,15 @@ def load_classifier(recipe: FinetuneRecipe, task: Task):
 def load_saved_classifier(model_dir: str):
     """A saved classifier (a finetune run, or any sequence-classification checkpoint), safetensors only,
     ready for inference on `inference_device()`: a BERT's last layer computed for [CLS] only (the same
-    logits); and its tokenizer."""
+    logits); or an exported folder run by onnxruntime (its int8 graph where there is one); and its tokenizer."""
     from transformers import AutoModelForSequenceClassification
 
+    from bigmodel_cli.export.runtime import is_export, load_export
     from bigmodel_cli.kernels import classify_from_first_token
     from bigmodel_cli.models import inference_device, load_tokenizer
 
+    if is_export(model_dir):  # `bigmodel export`'s folder: onnxruntime runs it
+        return load_export(model_dir)
     try:
         model = AutoModelForSequenceClassification.from_pretrained(resolve_model_path(model_dir), use_safetensors=True)
     except Exception as e:

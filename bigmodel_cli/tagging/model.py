@@ -44,10 +44,15 @@ def byte_level(tokenizer) -> bool:
 
 
 def load_saved_tagger(model_dir: str):
-    """A saved tagger and its tokenizer, ready for inference on `inference_device()`."""
+    """A saved tagger and its tokenizer, ready for inference on `inference_device()`; or an exported
+    folder run by onnxruntime (its int8 graph where there is one)."""
     from transformers import AutoModelForTokenClassification
 
+    from bigmodel_cli.export.runtime import is_export, load_export
     from bigmodel_cli.models import inference_device
+
+    if is_export(model_dir):
+        return load_export(model_dir)[0], word_tokenizer(model_dir)
 
     try:
         model = AutoModelForTokenClassification.from_pretrained(resolve_model_path(model_dir), use_safetensors=True)
