@@ -14,6 +14,9 @@ ner: all-MiniLM-L6-v2 tagging WNUT-16 (ner/wnut16). Peer = run_ner.py's defaults
   epochs, each word's first sub-word labelled, `DataCollatorForTokenClassification`, `Trainer`. Ours =
   the shipped finetune/ner recipe. Sentences/s trained and evaluated; entity F1 (strict IOB2, one
   scorer for both) and wall time.
+export: the fine-tuned MRPC model exported with `bigmodel export --int8` (onnxruntime, dynamic int8),
+  evaluated on MRPC dev by `bigmodel eval`'s path against the same model in torch fp32: examples/s
+  over interleaved rounds, sizes, accuracy and F1.
 gemm: this CPU's matrix-multiply peak, to put achieved FLOP/s against.
 
 --gpu (`make bench-gpu`): the same comparisons on one GPU, BERT-base fp32 against bf16 with MFU, a
@@ -355,6 +358,47 @@ def ner_section(ner: Path, work: Path, quick: bool, model: str = MINILM) -> dict
         "eval_samples_per_second_per_epoch": ratio(ours["eval_samples_per_second_per_epoch"], middle["peer"]),
         "wall_seconds": ours["wall_seconds"] / peer["wall_seconds"]},
         "eval_f1_difference": ours["eval_f1"] - peer["eval_f1"]}
+
+
+# ---------------------------------------------------------------------------------------------
+# export: int8 with onnxruntime against bigmodel eval's torch fp32
+# ---------------------------------------------------------------------------------------------
+def export_section(mrpc: Path, run_dir: Path, work: Path, rounds: int = EVAL_ROUNDS) -> dict:
+    """`bigmodel export --int8` of a fine-tuned MRPC classifier; then MRPC dev evaluated by `bigmodel
+    eval`'s path with the torch model (fp32) and with the export (int8, onnxruntime), interleaved
+    rounds in this process: examples/s, sizes, dev accuracy and F1."""
+    from bigmodel_cli.classification.data import encode, load_glue
+    from bigmodel_cli.classification.inference import evaluate_classifier
+    from bigmodel_cli.classification.model import load_saved_classifier
+    from bigmodel_cli.classification.tasks import get_task
+    from bigmodel_cli.export.exporting import run
+
+    out = work / "export"
+    report = run(run_dir, out, True, 0.5, str(mrpc), None, 17, True)
+    task = get_task("mrpc")
+    sides = {"torch_fp32": load_saved_classifier(str(run_dir)), "onnx_int8": load_saved_classifier(str(out))}
+    features = {name: encode(load_glue(task, "validation", str(mrpc)), tok) for name, (_, tok) in sides.items()}
+
+    def one(name: str) -> tuple[float, dict]:
+        model, tokenizer = sides[name]
+        start = time.perf_counter()
+        metrics = evaluate_classifier(model, tokenizer, features[name], task, 32)
+        return len(features[name]) / (time.perf_counter() - start), metrics
+
+    for name in sides:
+        one(name)  # warm-up
+    speeds = {name: [] for name in sides}
+    for i in range(rounds):
+        for name in (sorted(sides) if i % 2 else sorted(sides, reverse=True)):
+            speeds[name].append(one(name)[0])
+    metrics = {name: one(name)[1] for name in sides}
+    middle = {name: statistics.median(v) for name, v in speeds.items()}
+    return {"report": report, "eval_samples_per_second": middle, "rounds": speeds,
+            "eval_accuracy": {n: m["eval_accuracy"] for n, m in metrics.items()},
+            "eval_f1": {n: m["eval_f1"] for n, m in metrics.items()},
+            "ratio": {"eval_samples_per_second": middle["onnx_int8"] / middle["torch_fp32"],
+                      "bytes": report["int8"]["bytes"] / report["fp32"]["bytes"] if report.get("int8") else None,
+                      "accuracy_points": 100 * (metrics["onnx_int8"]["eval_accuracy"] - metrics["torch_fp32"]["eval_accuracy"])}}
 
 
 # ---------------------------------------------------------------------------------------------
@@ -770,9 +814,11 @@ def main() -> None:
                         help="the folder with glue/mrpc and wikitext-2; default $BIGMODEL_DATA or ../shared/data")
     parser.add_argument("--out", type=Path, default=Path("bench-results/bench.json"))
     parser.add_argument("--quick", action="store_true", help="a few minutes: 60 s budgets, 40 fine-tuning steps")
-    parser.add_argument("--only", choices=["finetune", "pretrain", "eval", "ner"], default=None,
+    parser.add_argument("--only", choices=["finetune", "pretrain", "eval", "ner", "export"], default=None,
                         help="eval: fine-tuning's evaluation speed alone, on models trained one step (minutes); "
-                        "ner: named entities on WNUT-16 against run_ner.py")
+                        "ner: named entities on WNUT-16 against run_ner.py; export: int8 ONNX against torch fp32")
+    parser.add_argument("--run", type=Path, default=None, help="with --only export: a fine-tuned MRPC run to export "
+                        "(default: the one the finetune section trains)")
     parser.add_argument("--gpu", action="store_true", help="one GPU: finetune, BERT-tiny and BERT-base pretraining "
                         "(fp32 and bf16, MFU), a one-process NCCL launch (under 8 minutes); and variants")
     parser.add_argument("--dry-run", action="store_true", help="with --gpu: the same sections on any device, seconds "
@@ -831,6 +877,12 @@ def main() -> None:
             "eval_samples_per_second_of_medians": ours["eval_samples_per_second"] / peer["eval_samples_per_second"],
             # the evaluations finetune runs after each epoch, against the peer's evaluation
             "eval_samples_per_second_per_epoch": ratio(ours["eval_samples_per_second_per_epoch"], middle["peer"])}}
+        save()
+    if opts.only in (None, "export"):
+        run_dir = opts.run or work / "ours-finetune"
+        if not (run_dir / "model.safetensors").is_file():
+            sys.exit(f"error: {run_dir} holds no model; pass --run with a fine-tuned MRPC run (or run the finetune section)")
+        report["export"] = export_section(mrpc, run_dir, work)
         save()
     if opts.only in (None, "ner"):
         report["ner"] = ner_section(opts.data / "ner" / "wnut16", work, opts.quick, opts.model)
