@@ -311,6 +311,18 @@ class PretrainRecipe(Section):
 class ClassifierSection(Section):
     name_or_path: str = "sentence-transformers/all-MiniLM-L6-v2"  # local directory or hub id
     trust_remote_code: bool = False  # run code shipped with a hub model (off unless you trust it)
+    # what fine-tuning updates: all, head (the new output layer and the pooler feeding it), or top-K (the last K
+    # encoder layers and the head); the rest stays as the checkpoint has it
+    train_layers: str = "all"
+    freeze_embeddings: bool = False  # keep the embeddings as they are (with train_layers: all)
+
+    @field_validator("train_layers")
+    @classmethod
+    def _layers(cls, value: str) -> str:
+        value = value.strip().lower()
+        if value in ("all", "head") or (value.startswith("top-") and value[4:].isdigit() and int(value[4:]) > 0):
+            return value
+        raise ValueError("must be all, head or top-K (K a whole number of encoder layers, e.g. top-2)")
 
 
 class LabelledDataSection(Section):

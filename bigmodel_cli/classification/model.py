@@ -64,3 +64,44 @@ def check_lengths(recipe: FinetuneRecipe, model, tokenizer) -> None:
             f"the tokenizer of {recipe.model.name_or_path} has {len(tokenizer)} tokens but the model only "
             f"{model.config.vocab_size} embeddings: tokenizer and model do not belong together"
         )
+
+
+def encoder_layers(model):
+    """The encoder's stack of layers (BERT's `encoder.layer`, ModernBERT's `layers`, ...): the longest
+    `ModuleList` in the base model."""
+    import torch
+
+    stacks = [m for m in model.base_model.modules() if isinstance(m, torch.nn.ModuleList)]
+    if not stacks:
+        raise BigmodelError(f"{type(model).__name__} has no stack of encoder layers to choose from; "
+                            "use model.train_layers: all")
+    return max(stacks, key=len)
+
+
+def freeze_for(model, train_layers: str, freeze_embeddings: bool) -> str:
+    """Leave trainable only what `model.train_layers` names (the head: every parameter outside the base
+    model, and its pooler; the top K encoder layers too), the embeddings frozen on request; returns
+    the run header's line with the trainable parameters."""
+    total = sum(p.numel() for p in model.parameters())
+    if train_layers != "all":
+        base = model.base_model
+        keep = {id(p) for name, p in model.named_parameters() if not name.startswith(model.base_model_prefix + ".")}
+        keep |= {id(p) for name, p in base.named_parameters() if name.startswith("pooler.")}
+        if train_layers.startswith("top-"):
+            layers = encoder_layers(model)
+            count = int(train_layers[4:])
+            if count > len(layers):
+                raise BigmodelError(f"model.train_layers {train_layers}: the model has {len(layers)} encoder layers; "
+                                    f"use at most top-{len(layers)}, or all")
+            keep |= {id(p) for layer in list(layers)[-count:] for p in layer.parameters()}
+        for p in model.parameters():
+            p.requires_grad_(id(p) in keep)
+    if freeze_embeddings:
+        embeddings = model.get_input_embeddings()
+        for module in (getattr(model.base_model, "embeddings", None), embeddings):
+            for p in (module.parameters() if module is not None else []):
+                p.requires_grad_(False)
+    trainable = sum(p.numel() for p in model.parameters() if p.requires_grad)
+    what = {"all": "all layers", "head": "the head only"}.get(train_layers, f"the top {train_layers[4:]} layers and the head")
+    frozen = ", embeddings frozen" if freeze_embeddings else ""
+    return f"trains {what}{frozen}: {trainable:,} of {total:,} parameters ({100 * trainable / total:.1f} %)"

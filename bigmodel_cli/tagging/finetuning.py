@@ -14,7 +14,7 @@ def run(recipe: FinetuneRecipe, run_dir: Path, resume_from: Path | None = None, 
     from transformers import DataCollatorForTokenClassification, set_seed
 
     from bigmodel_cli.classification.finetuning import best_epoch_arguments
-    from bigmodel_cli.classification.model import check_lengths
+    from bigmodel_cli.classification.model import check_lengths, freeze_for
     from bigmodel_cli.kernels import speedups
     from bigmodel_cli.seeds import derive_seed
     from bigmodel_cli.tagging.data import encode, load_splits, read_tagged, reading_note, training_dataset
@@ -34,7 +34,7 @@ def run(recipe: FinetuneRecipe, run_dir: Path, resume_from: Path | None = None, 
     notes = [reading_note(splits["train"]), reading_note(splits["validation"]),
              f"{len(task.types)} entity types ({', '.join(task.types)}); labels on "
              + ("every sub-word" if data.label_all_tokens else "each word's first sub-word"),
-             speedups(model)]
+             speedups(model), freeze_for(model, recipe.model.train_layers, recipe.model.freeze_embeddings)]
     best = best_epoch_arguments(recipe, task.best_metric)
     args = training_arguments(recipe.training, run_dir, quiet, **best, train_sampling_strategy="group_by_length")
     with args.main_process_first(local=False, desc="tokenizing"):
