@@ -262,7 +262,7 @@ def ner_ours(ner: Path, work: Path, overrides: list[str], name: str = "ours-ner"
 
     def evaluate() -> int:
         evaluate_tagger(model, tokenizer, dev, task, data.max_seq_length, data.stride,
-                        recipe.training.per_device_eval_batch_size)
+                        recipe.training.per_device_eval_batch_size, bf16=recipe.training.bf16)
         return len(dev)
 
     return {"train_samples_per_second": metrics["train_step_examples_per_second"],

@@ -277,3 +277,42 @@ def test_bad_ner_input_exits_2_naming_file_and_line_and_writes_nothing(tmp_path,
     result = run_cli("finetune", "--task", "ner", "-m", pretrained, "--train-file", NER_TINY / "train.conll",
                      "-o", tmp_path / "run")
     fails(result, "--validation-file")
+
+
+@pytest.mark.smoke
+def test_a_run_trained_in_bf16_is_scored_in_bf16_by_eval_too(tmp_path, pretrained):
+    run_dir = tmp_path / "run"
+    result = run_cli("finetune", "-r", "finetune/ner-tiny-debug", "-m", pretrained, "-o", run_dir, "-q",
+                     "--set", "training.bf16=true", "--set", "training.num_train_epochs=3")
+    assert result.returncode == 0, result.stderr[-2000:]
+    metrics = json.loads((run_dir / "metrics.json").read_text())
+    again = run_cli("eval", "-m", run_dir, "--data-file", NER_TINY / "dev.conll", "--json")
+    scores = json.loads(again.stdout.strip().splitlines()[-1])
+    assert scores["eval_f1"] == metrics["eval_f1"] and scores["eval_accuracy"] == metrics["eval_accuracy"]
+
+
+@pytest.mark.unit
+def test_bf16_scoring_runs_under_autocast_and_fp32_does_not(tokenizer):
+    """The evaluation's precision follows the run's: its batches see bfloat16 autocast only when asked."""
+    import torch
+
+    from bigmodel_cli.tagging.inference import word_probabilities
+
+    seen = []
+
+    class Probe(torch.nn.Module):
+        def __init__(self):
+            super().__init__()
+            self.weight = torch.nn.Parameter(torch.zeros(1))
+            self.config = type("C", (), {"num_labels": 3})()
+
+        def forward(self, input_ids, **_):
+            seen.append(torch.is_autocast_enabled("cpu"))
+            return type("O", (), {"logits": torch.zeros(*input_ids.shape, 3)})()
+
+    sentences = [sentence_of(["anna", "visited", "oslo"])] * 3
+    word_probabilities(Probe(), tokenizer, sentences, 16, 2, bf16=True)
+    assert seen and all(seen)
+    seen.clear()
+    word_probabilities(Probe(), tokenizer, sentences, 16, 2)
+    assert seen and not any(seen)

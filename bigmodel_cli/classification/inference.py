@@ -23,10 +23,10 @@ from bigmodel_cli.errors import BigmodelError
 CHUNK = 2048  # examples tokenized and scored at a time when predicting a file
 
 def predict_logits(model, tokenizer, features, batch_size: int = 32, progress: bool = False,
-                   per_token: bool = False) -> np.ndarray | list[np.ndarray]:
+                   per_token: bool = False, bf16: bool = False) -> np.ndarray | list[np.ndarray]:
     """Logits for tokenized examples (dicts with `input_ids`, ...), in their original order: an
     array (examples, labels), or with `per_token` (a token classifier) one (tokens, labels) array
-    per example.
+    per example. With `bf16`, under bfloat16 autocast (a run that trained in it is scored in it).
 
     Examples are sorted by length and cut into batches of at most `batch_size` that waste the
     fewest padded token slots (`length_batches`), padded in numpy (`pad_batch`), and run under
@@ -52,7 +52,8 @@ def predict_logits(model, tokenizer, features, batch_size: int = 32, progress: b
     left = tokenizer.padding_side == "left"
 
     def run(span: tuple[int, int]):
-        with torch.inference_mode():  # per thread: grad mode is thread-local
+        # per thread: grad mode and autocast are thread-local
+        with torch.inference_mode(), torch.autocast(device.type, dtype=torch.bfloat16, enabled=bf16):
             batch = pad_batch(rows[span[0] : span[1]], tokenizer)
             logits = model(**{k: v.to(device) for k, v in batch.items()}).logits.float().cpu().numpy()
         if not per_token:
@@ -156,7 +157,7 @@ def eval_threads(device, batches: int) -> int:
 
 
 def spread_logits(model, tokenizer, features, batch_size: int = 32, progress: bool = False,
-                  per_token: bool = False) -> tuple[np.ndarray | list[np.ndarray], int]:
+                  per_token: bool = False, bf16: bool = False) -> tuple[np.ndarray | list[np.ndarray], int]:
     """`predict_logits` with the examples dealt out over a launch's processes (every `world_size`-th
     to each), gathered back in order on every process; and how many examples the processes scored
     together. The model must run alone in each process: DDP's inference needs no collective, FSDP's does."""
@@ -164,11 +165,11 @@ def spread_logits(model, tokenizer, features, batch_size: int = 32, progress: bo
 
     processes = world_size()
     if processes == 1:
-        return predict_logits(model, tokenizer, features, batch_size, progress, per_token), len(features)
+        return predict_logits(model, tokenizer, features, batch_size, progress, per_token, bf16), len(features)
     mine = list(range(rank(), len(features), processes))
     empty = [] if per_token else np.empty((0, model.config.num_labels), dtype=np.float32)
     part = (predict_logits(model, tokenizer, features.select(mine) if hasattr(features, "select") else
-                           [features[i] for i in mine], batch_size, progress and rank() == 0, per_token)
+                           [features[i] for i in mine], batch_size, progress and rank() == 0, per_token, bf16)
             if mine else empty)
     parts = gathered(part)
     logits = [None] * len(features) if per_token else np.empty((len(features), model.config.num_labels), dtype=np.float32)

@@ -67,7 +67,7 @@ def evaluate_tagger_on(model_dir: str, data_file: str | None, batch_size: int) -
     Lines file, windowed as the run that made it (its saved recipe) windowed."""
     from bigmodel_cli.tagging.data import check_labels, read_tagged
     from bigmodel_cli.tagging.inference import evaluate_tagger
-    from bigmodel_cli.tagging.model import load_saved_tagger, saved_data_settings
+    from bigmodel_cli.tagging.model import load_saved_tagger, saved_data_settings, trained_in_bf16
     from bigmodel_cli.tagging.tasks import task_from_model
 
     if not data_file:
@@ -77,7 +77,8 @@ def evaluate_tagger_on(model_dir: str, data_file: str | None, batch_size: int) -
     task = task_from_model(model.config)
     tagged = read_tagged(data_file, "--data-file", data.tag_column)
     check_labels(tagged, task, "--data-file")
-    metrics = evaluate_tagger(model, tokenizer, tagged.sentences, task, data.max_seq_length, data.stride, batch_size)
+    metrics = evaluate_tagger(model, tokenizer, tagged.sentences, task, data.max_seq_length, data.stride, batch_size,
+                              bf16=trained_in_bf16(model_dir))
     metrics["eval_samples"] = len(tagged.sentences)
     return metrics
 

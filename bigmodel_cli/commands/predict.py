@@ -60,7 +60,7 @@ def run_tagger(model_dir: str, texts: list[str], path: Path | None, output: str 
     """A tagger's entities, one JSON line per text: `--text`, a text file (a text per line), CoNLL words
     (one per line, a blank line between sentences) or JSON Lines with `text` or `tokens`."""
     from bigmodel_cli.tagging.inference import write_entities
-    from bigmodel_cli.tagging.model import load_saved_tagger, saved_data_settings
+    from bigmodel_cli.tagging.model import load_saved_tagger, saved_data_settings, trained_in_bf16
     from bigmodel_cli.tagging.reader import Sentence, file_format, read_sentences, split_words
     from bigmodel_cli.tagging.tasks import task_from_model
 
@@ -80,4 +80,4 @@ def run_tagger(model_dir: str, texts: list[str], path: Path | None, output: str 
     model, tokenizer = load_saved_tagger(model_dir)
     data = saved_data_settings(model_dir, tokenizer)
     return write_entities(model, tokenizer, sentences, task_from_model(model.config), output, data.max_seq_length,
-                          data.stride, batch_size)
+                          data.stride, batch_size, trained_in_bf16(model_dir))

@@ -61,7 +61,7 @@ def run(recipe: FinetuneRecipe, run_dir: Path, resume_from: Path | None = None, 
     )
     metrics = trainer.train_and_measure(resume_from, stop)
     scores = evaluate_tagger(trainer.model, tokenizer, validation, task, data.max_seq_length, data.stride,
-                             recipe.training.per_device_eval_batch_size, progress=not quiet)
+                             recipe.training.per_device_eval_batch_size, progress=not quiet, bf16=recipe.training.bf16)
     metrics.update(scores)
     metrics["train_samples"], metrics["eval_samples"] = len(splits["train"].sentences), len(validation)
     metrics["best_checkpoint"] = Path(trainer.state.best_model_checkpoint or "").name or None
@@ -76,7 +76,7 @@ def run(recipe: FinetuneRecipe, run_dir: Path, resume_from: Path | None = None, 
 
             test = read_tagged(data.test_file, "data.test_file", data.tag_column)
             write_entities(trainer.model, tokenizer, test.sentences, task, str(predictions), data.max_seq_length,
-                           data.stride, recipe.training.per_device_eval_batch_size)
+                           data.stride, recipe.training.per_device_eval_batch_size, recipe.training.bf16)
         write_json(run_dir / METRICS_FILE, clean_metrics(metrics))  # last: the mark of a finished run
     return metrics
 

@@ -19,21 +19,22 @@ from bigmodel_cli.tagging.tasks import TagTask
 
 
 def word_probabilities(model, tokenizer, sentences: list[Sentence], max_length: int, stride: int,
-                       batch_size: int = 32, progress: bool = False) -> list[np.ndarray]:
+                       batch_size: int = 32, progress: bool = False, bf16: bool = False) -> list[np.ndarray]:
     """Per sentence, a (words, labels) array of probabilities; the windows dealt out over a
     launch's processes (`spread_logits`), every process given all the sentences' figures."""
     columns = encode(sentences, tokenizer, max_length, stride)
     features = {k: columns[k] for k in ("input_ids", "token_type_ids", "attention_mask")
                 if k in tokenizer.model_input_names or k == "input_ids"}
     rows = [dict(zip(features, values)) for values in zip(*features.values())]
-    logits = spread_logits(model, tokenizer, rows, batch_size, progress, per_token=True)[0] if rows else []
+    logits = spread_logits(model, tokenizer, rows, batch_size, progress, per_token=True, bf16=bf16)[0] if rows else []
     return merge(columns, logits, sentences)
 
 
 def evaluate_tagger(model, tokenizer, sentences: list[Sentence], task: TagTask, max_length: int, stride: int,
-                    batch_size: int = 32, progress: bool = False) -> dict:
-    """`eval_` precision, recall, F1 (entities, strict IOB2), accuracy (words), F1 per type."""
-    probabilities = word_probabilities(model, tokenizer, sentences, max_length, stride, batch_size, progress)
+                    batch_size: int = 32, progress: bool = False, bf16: bool = False) -> dict:
+    """`eval_` precision, recall, F1 (entities, strict IOB2), accuracy (words), F1 per type; in
+    bfloat16 autocast for a run that trained in it."""
+    probabilities = word_probabilities(model, tokenizer, sentences, max_length, stride, batch_size, progress, bf16)
     names = task.label_names
     predicted = [[names[i] for i in p.argmax(axis=-1)] for p in probabilities]
     scores = tag_scores([s.tags for s in sentences], predicted)
@@ -62,16 +63,16 @@ def found_entities(sentence: Sentence, probabilities: np.ndarray, names: tuple[s
 
 
 def entity_records(model, tokenizer, sentences: list[Sentence], names: tuple[str, ...], max_length: int, stride: int,
-                   batch_size: int = 32):
+                   batch_size: int = 32, bf16: bool = False):
     """One JSON-ready record per sentence: its `text` (or `tokens`) and `entities`."""
-    probabilities = word_probabilities(model, tokenizer, sentences, max_length, stride, batch_size)
+    probabilities = word_probabilities(model, tokenizer, sentences, max_length, stride, batch_size, bf16=bf16)
     for sentence, p in zip(sentences, probabilities):
         source = {"text": sentence.text} if sentence.text is not None else {"tokens": sentence.words}
         yield {**source, "entities": found_entities(sentence, p, names)}
 
 
 def write_entities(model, tokenizer, sentences: list[Sentence], task: TagTask, output: str | None, max_length: int,
-                   stride: int, batch_size: int = 32) -> int:
+                   stride: int, batch_size: int = 32, bf16: bool = False) -> int:
     """Entities of `sentences` as JSON lines in `output` (stdout when None), in chunks; returns the count."""
     import json
 
@@ -80,7 +81,7 @@ def write_entities(model, tokenizer, sentences: list[Sentence], task: TagTask, o
     with sink(output) as out:
         for start in range(0, len(sentences), CHUNK):
             for record in entity_records(model, tokenizer, sentences[start:start + CHUNK], task.label_names,
-                                         max_length, stride, batch_size):
+                                         max_length, stride, batch_size, bf16):
                 out.write(json.dumps(record, ensure_ascii=False) + "\n")
     return len(sentences)
 

@@ -80,3 +80,13 @@ def saved_data_settings(model_dir: str, tokenizer):
 
     saved = read_saved_recipe(model_dir, "finetune")
     return saved.data if saved else LabelledDataSection(task="ner", max_seq_length=min(tokenizer.model_max_length, 512))
+
+
+def trained_in_bf16(model_dir: str) -> bool:
+    """Whether the run that made a saved tagger trained (and so evaluated) in bfloat16: eval and
+    predict score it the same way. An exported folder runs in its graph's own precision."""
+    from bigmodel_cli.export.runtime import is_export
+    from bigmodel_cli.recipe import read_saved_recipe
+
+    saved = read_saved_recipe(model_dir, "finetune")
+    return bool(saved and saved.training.bf16) and not is_export(model_dir)

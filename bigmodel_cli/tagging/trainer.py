@@ -24,7 +24,7 @@ class TaggerTrainer(CountingTrainer):
     def evaluation(self, eval_dataset=None, ignore_keys=None, metric_key_prefix: str = "eval") -> dict:
         start = time.time()
         scores = evaluate_tagger(self.model, self.processing_class, self.eval_sentences, self.task, self.max_length,
-                                 self.stride, self.args.per_device_eval_batch_size)
+                                 self.stride, self.args.per_device_eval_batch_size, bf16=self.args.bf16)
         metrics = {f"{metric_key_prefix}_{key.removeprefix('eval_')}": value for key, value in scores.items()
                    if isinstance(value, (int, float))}  # per-type tables stay out of the logs
         return self.evaluated(metrics, metric_key_prefix, start, len(self.eval_sentences))
