@@ -38,7 +38,7 @@ def load_saved_classifier(model_dir: str):
     logits); or an exported folder run by onnxruntime (its int8 graph where there is one); and its tokenizer."""
     from transformers import AutoModelForSequenceClassification
 
-    from bigmodel_cli.export.runtime import is_export, load_export
+    from bigmodel_cli.exported import is_export, load_export
     from bigmodel_cli.kernels import classify_from_first_token
     from bigmodel_cli.models import inference_device, load_tokenizer
 

@@ -15,7 +15,7 @@ import numpy as np
 
 from bigmodel_cli.console import say, shown
 from bigmodel_cli.errors import BigmodelError
-from bigmodel_cli.export.runtime import INT8_FILE, ONNX_FILE, OnnxModel
+from bigmodel_cli.exported import INT8_FILE, ONNX_FILE, OnnxModel
 from bigmodel_cli.rundir import RECIPE_FILE, write_json
 
 PARITY = 1e-4  # the largest difference of a logit between torch and onnxruntime in fp32

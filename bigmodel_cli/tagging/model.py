@@ -48,7 +48,7 @@ def load_saved_tagger(model_dir: str):
     folder run by onnxruntime (its int8 graph where there is one)."""
     from transformers import AutoModelForTokenClassification
 
-    from bigmodel_cli.export.runtime import is_export, load_export
+    from bigmodel_cli.exported import is_export, load_export
     from bigmodel_cli.models import inference_device
 
     if is_export(model_dir):
@@ -85,7 +85,7 @@ def saved_data_settings(model_dir: str, tokenizer):
 def trained_in_bf16(model_dir: str) -> bool:
     """Whether the run that made a saved tagger trained (and so evaluated) in bfloat16: eval and
     predict score it the same way. An exported folder runs in its graph's own precision."""
-    from bigmodel_cli.export.runtime import is_export
+    from bigmodel_cli.exported import is_export
     from bigmodel_cli.recipe import read_saved_recipe
 
     saved = read_saved_recipe(model_dir, "finetune")
