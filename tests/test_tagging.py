@@ -316,3 +316,13 @@ def test_bf16_scoring_runs_under_autocast_and_fp32_does_not(tokenizer):
     seen.clear()
     word_probabilities(Probe(), tokenizer, sentences, 16, 2)
     assert seen and not any(seen)
+
+
+@pytest.mark.smoke
+def test_report_plots_f1_per_entity_type(tagger, tmp_path):
+    run_dir, _ = tagger
+    result = run_cli("report", run_dir, "-o", tmp_path / "report")
+    assert result.returncode == 0, result.stderr[-2000:]
+    plot = tmp_path / "report" / f"entity_f1_{run_dir.name}.png"
+    assert plot.is_file() and plot.stat().st_size > 5000
+    assert plot.name in (tmp_path / "report" / "report.md").read_text()

@@ -1,8 +1,8 @@
 """`bigmodel report`: plots and a Markdown summary of one or more run directories.
 
 Reads what every run leaves behind (`trainer_state.json`'s log history, `metrics.json`) and writes
-`training_loss.png`, `learning_rate.png`, `eval_metrics.png`, `confusion_matrix.png` (classifiers)
-and `report.md` (one table comparing the runs).
+`training_loss.png`, `learning_rate.png`, `eval_metrics.png`, `confusion_matrix.png` (classifiers),
+`entity_f1_RUN.png` (taggers: scores per entity type) and `report.md` (one table comparing the runs).
 """
 
 from __future__ import annotations
@@ -68,6 +68,29 @@ def _confusion(run: dict, path: Path) -> bool:
     return True
 
 
+def _entity_f1(run: dict, path: Path) -> bool:
+    """A tagger's dev precision, recall and F1 per entity type, with each type's count, as bars."""
+    import matplotlib.pyplot as plt
+    import numpy as np
+
+    per_type = run["metrics"].get("eval_per_type")
+    if not per_type:
+        return False
+    kinds = list(per_type)
+    at = np.arange(len(kinds))
+    fig, ax = plt.subplots(figsize=(max(6, 0.9 * len(kinds) + 2), 4))
+    for shift, key in ((-0.27, "precision"), (0, "recall"), (0.27, "f1")):
+        ax.bar(at + shift, [per_type[k][key] for k in kinds], width=0.27, label=key)
+    ax.set(xticks=at, xticklabels=[f"{k}\n({per_type[k]['support']})" for k in kinds], ylim=(0, 1),
+           title=f"{run['name']}: dev entity scores per type (entities in dev)", ylabel="score")
+    ax.grid(axis="y", alpha=0.3)
+    ax.legend()
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return True
+
+
 def run(run_dirs: list[Path], output: Path) -> list[Path]:
     import matplotlib
 
@@ -88,6 +111,8 @@ def run(run_dirs: list[Path], output: Path) -> list[Path]:
     for r in runs:
         if _confusion(r, output / f"confusion_matrix_{r['name']}.png"):
             written.append(output / f"confusion_matrix_{r['name']}.png")
+        if _entity_f1(r, output / f"entity_f1_{r['name']}.png"):
+            written.append(output / f"entity_f1_{r['name']}.png")
     keys = sorted({k for r in runs for k, v in r["metrics"].items() if isinstance(v, (int, float))
                    and (k.startswith("eval_") or k in ("perplexity", "train_runtime", "train_samples_per_second",
                                                        "train_tokens_per_second", "train_loss"))})
