@@ -37,7 +37,8 @@ def check_run(model_dir: Path) -> dict:
 
     if not model_dir.is_dir():
         raise BigmodelError(f"--model {model_dir} is not a folder; give a finetune run's folder")
-    if not (model_dir / "config.json").is_file() or not (model_dir / "model.safetensors").is_file():
+    weights = (model_dir / "model.safetensors").is_file() or (model_dir / "model.safetensors.index.json").is_file()
+    if not (model_dir / "config.json").is_file() or not weights:
         raise BigmodelError(f"--model {model_dir} holds no model (config.json and model.safetensors); "
                             "give a finished finetune run (its metrics.json is written last)")
     config = json.loads((model_dir / "config.json").read_text())
