@@ -326,3 +326,27 @@ def test_report_plots_f1_per_entity_type(tagger, tmp_path):
     plot = tmp_path / "report" / f"entity_f1_{run_dir.name}.png"
     assert plot.is_file() and plot.stat().st_size > 5000
     assert plot.name in (tmp_path / "report" / "report.md").read_text()
+
+
+@pytest.mark.unit
+def test_a_byte_level_tokenizer_takes_words_with_a_space_before_each(tmp_path):
+    """RoBERTa's and ModernBERT's byte-level BPE: a word at a sentence's start is tokenized as it is
+    mid-sentence (with its space), so a split sentence encodes as the text does."""
+    from tokenizers import Tokenizer, decoders, models, pre_tokenizers, trainers
+    from transformers import PreTrainedTokenizerFast, RobertaTokenizerFast
+
+    from bigmodel_cli.tagging.model import byte_level, word_tokenizer
+
+    raw = Tokenizer(models.BPE())
+    raw.pre_tokenizer = pre_tokenizers.ByteLevel(add_prefix_space=False)
+    raw.decoder = decoders.ByteLevel()
+    raw.train_from_iterator(["Anna visited New York", "Oslo is cold"] * 20,
+                            trainers.BpeTrainer(vocab_size=300, special_tokens=["<s>", "<pad>", "</s>", "<unk>"],
+                                                initial_alphabet=pre_tokenizers.ByteLevel.alphabet()))
+    RobertaTokenizerFast(tokenizer_object=raw).save_pretrained(tmp_path)
+    tok = word_tokenizer(str(tmp_path))
+    assert byte_level(tok) and not byte_level(PreTrainedTokenizerFast(tokenizer_object=Tokenizer(models.WordLevel(
+        {"[UNK]": 0}, unk_token="[UNK]"))))
+    words = tok(["Anna", "visited", "Oslo"], is_split_into_words=True, add_special_tokens=False)["input_ids"]
+    text = tok(" Anna visited Oslo", add_special_tokens=False)["input_ids"]
+    assert words == text
