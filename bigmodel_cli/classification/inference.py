@@ -144,6 +144,11 @@ def read_columns(features, keys) -> dict[str, list]:
     return {k: [row[k] for row in features] for k in keys}
 
 
+def as_rows(columns: dict[str, list]) -> list[dict]:
+    """Columns -> one dict per example, the form `predict_logits` takes a list in."""
+    return [dict(zip(columns, values)) for values in zip(*columns.values())]
+
+
 def eval_threads(device, batches: int) -> int:
     """How many batches to run side by side: one per core on a CPU, one on an accelerator."""
     import os

@@ -61,7 +61,7 @@ def run_tagger(model_dir: str, texts: list[str], path: Path | None, output: str 
     (one per line, a blank line between sentences) or JSON Lines with `text` or `tokens`."""
     from bigmodel_cli.tagging.inference import write_entities
     from bigmodel_cli.tagging.model import load_saved_tagger, saved_data_settings, trained_in_bf16
-    from bigmodel_cli.tagging.reader import Sentence, file_format, read_sentences, split_words
+    from bigmodel_cli.tagging.reader import file_format, read_sentences, text_sentence
     from bigmodel_cli.tagging.tasks import task_from_model
 
     if len(texts) > 1:
@@ -75,8 +75,7 @@ def run_tagger(model_dir: str, texts: list[str], path: Path | None, output: str 
     if lines is None:
         sentences = read_sentences(path, "--input-file", labelled=False)
     else:
-        sentences = [Sentence(*split_words(line)[:1], None, number, line, split_words(line)[1])
-                     for number, line in enumerate(lines, start=1) if line.strip()]
+        sentences = [text_sentence(line, number) for number, line in enumerate(lines, start=1) if line.strip()]
     model, tokenizer = load_saved_tagger(model_dir)
     data = saved_data_settings(model_dir, tokenizer)
     return write_entities(model, tokenizer, sentences, task_from_model(model.config), output, data.max_seq_length,

@@ -136,6 +136,7 @@ def encode(sentences: list[Sentence], tokenizer, max_length: int, stride: int, l
     labelled = label2id is not None and all(s.tags is not None for s in sentences)
     if labelled:
         columns["labels"] = []
+        later = continuing(label2id) if label_all_tokens else None
     for chunk in range(0, len(sentences), 1000):
         part = sentences[chunk:chunk + 1000]
         encoded = tokenizer([s.words for s in part], is_split_into_words=True, add_special_tokens=False)
@@ -158,19 +159,22 @@ def encode(sentences: list[Sentence], tokenizer, max_length: int, stride: int, l
                 columns["word_index"].append(pad_before + index + pad_after)
                 columns["context"].append(pad_before + [min(a, b) for a, b in zip(left, right)] + pad_after)
                 if labelled:
-                    labels = [token_label(tag_ids[words[i]], firsts[i], label_all_tokens, label2id) for i in span]
+                    labels = [tag_ids[words[i]] if firsts[i] else later[tag_ids[words[i]]] if later else IGNORED
+                              for i in span]
                     columns["labels"].append([IGNORED] * len(before) + labels + [IGNORED] * len(after))
     return columns
 
 
-def token_label(tag_id: int, first: bool, label_all_tokens: bool, label2id: dict[str, int]) -> int:
-    if first:
-        return tag_id
-    if not label_all_tokens:
-        return IGNORED
-    names = list(label2id)
-    name = names[tag_id]
-    return label2id.get(f"I-{name[2:]}", tag_id) if name.startswith("B-") else tag_id
+def continuing(label2id: dict[str, int]) -> list[int]:
+    """Per label id, the label of a word's later sub-words under `label_all_tokens`: a B- continues as
+    its I-, any other label as itself."""
+    return [label2id.get(f"I-{name[2:]}", i) if name.startswith("B-") else i for name, i in label2id.items()]
+
+
+def model_inputs(columns: dict[str, list], tokenizer) -> dict[str, list]:
+    """The windows' columns the model takes (`input_ids`, and the tokenizer's others that `encode` makes)."""
+    return {k: columns[k] for k in ("input_ids", "token_type_ids", "attention_mask")
+            if k in tokenizer.model_input_names or k == "input_ids"}
 
 
 def merge(columns: dict[str, list], logits: list[np.ndarray], sentences: list[Sentence]) -> list[np.ndarray]:

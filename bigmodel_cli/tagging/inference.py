@@ -10,8 +10,8 @@ from __future__ import annotations
 
 import numpy as np
 
-from bigmodel_cli.classification.inference import spread_logits
-from bigmodel_cli.tagging.data import encode, merge
+from bigmodel_cli.classification.inference import as_rows, spread_logits
+from bigmodel_cli.tagging.data import encode, merge, model_inputs
 from bigmodel_cli.tagging.metrics import tag_scores
 from bigmodel_cli.tagging.reader import Sentence
 from bigmodel_cli.tagging.schemes import entities, to_iob2
@@ -23,9 +23,7 @@ def word_probabilities(model, tokenizer, sentences: list[Sentence], max_length: 
     """Per sentence, a (words, labels) array of probabilities; the windows dealt out over a
     launch's processes (`spread_logits`), every process given all the sentences' figures."""
     columns = encode(sentences, tokenizer, max_length, stride)
-    features = {k: columns[k] for k in ("input_ids", "token_type_ids", "attention_mask")
-                if k in tokenizer.model_input_names or k == "input_ids"}
-    rows = [dict(zip(features, values)) for values in zip(*features.values())]
+    rows = as_rows(model_inputs(columns, tokenizer))
     logits = spread_logits(model, tokenizer, rows, batch_size, progress, per_token=True, bf16=bf16)[0] if rows else []
     return merge(columns, logits, sentences)
 

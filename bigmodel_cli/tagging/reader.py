@@ -35,6 +35,12 @@ def split_words(text: str) -> tuple[list[str], list[tuple[int, int]]]:
     return [w for w, _ in found], [s for _, s in found]
 
 
+def text_sentence(text: str, line: int) -> Sentence:
+    """A text to tag, split into words that keep their character offsets in it."""
+    words, offsets = split_words(text)
+    return Sentence(words, None, line, text, offsets)
+
+
 def file_format(path: Path) -> str:
     """`jsonl` where the first non-blank line is a JSON object, else `conll`."""
     with path.open(encoding="utf-8-sig") as f:
@@ -140,9 +146,9 @@ def span_record(record: dict, where: str, number: int, labelled: bool) -> Senten
     text = record["text"]
     if not isinstance(text, str):
         raise BigmodelError(f"{where}: 'text' must be a string")
-    words, offsets = split_words(text)
     if not labelled:
-        return Sentence(words, None, number, text, offsets)
+        return text_sentence(text, number)
+    words, offsets = split_words(text)
     spans = record.get("entities", record.get("spans"))
     if spans is None:
         raise BigmodelError(f"{where}: 'text' without 'entities' ([{{start, end, label}}, ...])")
