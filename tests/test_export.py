@@ -34,6 +34,22 @@ def test_export_writes_a_fused_graph_whose_logits_are_torchs(exported):
     assert "int8" in (out / "README.md").read_text()
 
 
+@pytest.mark.unit
+def test_the_rows_timed_are_the_models_inputs(finetuned):
+    """The examples the report's batch-1 and batch-32 speeds run on: each model input under its own name."""
+    from transformers import AutoConfig
+
+    from bigmodel_cli.export.exporting import classifier_dev
+    from bigmodel_cli.models import load_tokenizer
+
+    tokenizer = load_tokenizer(str(finetuned))
+    dev = classifier_dev(finetuned, tokenizer, AutoConfig.from_pretrained(finetuned), str(MRPC_TINY), None)
+    row = dev.rows[0]
+    assert set(row) == {"input_ids", "token_type_ids", "attention_mask"}
+    assert row["input_ids"][0] == tokenizer.cls_token_id and set(row["attention_mask"]) == {1}
+    assert len(dev.rows) == dev.examples
+
+
 def test_eval_and_predict_run_the_export_with_onnxruntime(exported, finetuned):
     out, report = exported
     onnx = run_cli("eval", "-m", out, "--data-dir", MRPC_TINY, "--json")

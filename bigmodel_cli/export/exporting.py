@@ -54,7 +54,7 @@ def check_run(model_dir: Path) -> dict:
 
 def classifier_dev(model_dir: Path, tokenizer, config, data_dir: str | None, data_file: str | None) -> DevSet:
     from bigmodel_cli.classification.data import encode, load_eval_file, load_glue
-    from bigmodel_cli.classification.inference import evaluate_classifier, predict_logits
+    from bigmodel_cli.classification.inference import as_rows, evaluate_classifier, predict_logits, read_columns
     from bigmodel_cli.classification.tasks import task_from_model
     from bigmodel_cli.recipe import LabelledDataSection, read_saved_recipe
 
@@ -73,16 +73,16 @@ def classifier_dev(model_dir: Path, tokenizer, config, data_dir: str | None, dat
     if "label" not in data.column_names:
         raise BigmodelError("the dev data has no labels: give a labelled --data-file")
     features = encode(data, tokenizer)
-    rows = [dict(zip(features.column_names, values)) for values in zip(*features.select_columns(
-        [c for c in ("input_ids", "token_type_ids", "attention_mask") if c in features.column_names])[:].values())]
+    rows = as_rows(read_columns(features, [c for c in ("input_ids", "token_type_ids", "attention_mask")
+                                           if c in features.column_names]))
     return DevSet(f"eval_{task.best_metric}",
                   lambda model: evaluate_classifier(model, tokenizer, features, task, 32),
                   lambda model: list(predict_logits(model, tokenizer, features, 32)), rows, len(features))
 
 
 def tagger_dev(model_dir: Path, tokenizer, config, data_file: str | None) -> DevSet:
-    from bigmodel_cli.classification.inference import predict_logits
-    from bigmodel_cli.tagging.data import check_labels, encode, read_tagged
+    from bigmodel_cli.classification.inference import as_rows, predict_logits
+    from bigmodel_cli.tagging.data import check_labels, encode, model_inputs, read_tagged
     from bigmodel_cli.tagging.inference import evaluate_tagger
     from bigmodel_cli.tagging.model import saved_data_settings
     from bigmodel_cli.tagging.tasks import task_from_model
@@ -94,9 +94,7 @@ def tagger_dev(model_dir: Path, tokenizer, config, data_file: str | None) -> Dev
         raise BigmodelError(f"no dev set for {model_dir} in its resolved_recipe.yaml: give --data-file")
     tagged = read_tagged(path, "--data-file" if data_file else "data.validation_file", data.tag_column)
     check_labels(tagged, task, "the dev file")
-    columns = encode(tagged.sentences, tokenizer, data.max_seq_length, data.stride)
-    keys = [k for k in ("input_ids", "token_type_ids", "attention_mask") if k in tokenizer.model_input_names or k == "input_ids"]
-    rows = [dict(zip(keys, values)) for values in zip(*(columns[k] for k in keys))]
+    rows = as_rows(model_inputs(encode(tagged.sentences, tokenizer, data.max_seq_length, data.stride), tokenizer))
     return DevSet("eval_f1",
                   lambda model: evaluate_tagger(model, tokenizer, tagged.sentences, task, data.max_seq_length, data.stride, 32),
                   lambda model: predict_logits(model, tokenizer, rows, 32, per_token=True), rows, len(tagged.sentences))
