@@ -99,23 +99,26 @@ def training_collator(recipe: FinetuneRecipe, tokenizer):
 
 
 def run_seeds(recipe: FinetuneRecipe, run_dir: Path, count: int, overwrite: bool, quiet: bool, job=None) -> dict:
-    """One run per seed in run_dir/seed-N (of `job`: this module's `run`, or the tagger's), then the
-    mean and standard deviation of every metric in run_dir/seeds_summary.json (MRPC results move by
-    points between seeds)."""
-    job = job or run
+    """One run per seed in run_dir/seed-N (by `job`: a module with `run` and `main_metric`, this one or
+    the tagger's), then the mean and standard deviation of every metric in run_dir/seeds_summary.json
+    (MRPC results move by points between seeds)."""
+    import sys
+
+    job = job or sys.modules[__name__]
     first = recipe.training.seed  # the user's seeds: first, first + 1, ... (each derives its own streams)
     per_seed = {}
     for seed in range(first, first + count):
         one = recipe.model_copy(deep=True)
         one.training.seed = seed
         seed_dir = run_dir / f"seed-{seed}"
-        per_seed[seed] = job(one, seed_dir, open_run(seed_dir, one, overwrite), quiet)
+        per_seed[seed] = job.run(one, seed_dir, open_run(seed_dir, one, overwrite), quiet)
     keys = [k for k, v in per_seed[first].items() if k.startswith("eval_") and isinstance(v, float)]
     result = {"seeds": list(per_seed), "runs": [str(run_dir / f"seed-{s}") for s in per_seed]}
     for key in keys:
         values = [m[key] for m in per_seed.values()]
         result[key] = {"mean": statistics.fmean(values), "std": statistics.stdev(values), "values": values}
-    metric, seed = median_seed(run_dir / f"seed-{first}", per_seed)
+    metric = job.main_metric(run_dir / f"seed-{first}")
+    seed = median_seed(metric, per_seed)
     result["model"] = {"seed": seed, "run": str(run_dir / f"seed-{seed}"), "chosen_by": f"median {metric}"}
     if is_main():
         copy_run(run_dir / f"seed-{seed}", run_dir)
@@ -127,19 +130,20 @@ def run_seeds(recipe: FinetuneRecipe, run_dir: Path, count: int, overwrite: bool
     return result
 
 
-def median_seed(first_dir: Path, per_seed: dict[int, dict]) -> tuple[str, int]:
-    """(the task's main metric, the seed whose dev figure is the median: the lower middle one of an
-    even count). Its model, not the best seed's, is the one a user can expect again from one run."""
+def main_metric(run_dir: Path) -> str:
+    """The key of the task's main metric (the one that picks the best epoch) of a saved classifier."""
     from transformers import AutoConfig
 
     from bigmodel_cli.classification.tasks import task_from_model
-    from bigmodel_cli.tagging import tasks as tagging
 
-    config = AutoConfig.from_pretrained(first_dir)
-    task = tagging.task_from_model(config) if tagging.is_tagger(config) else task_from_model(config, None)
-    metric = f"eval_{task.best_metric}"
+    return f"eval_{task_from_model(AutoConfig.from_pretrained(run_dir), None).best_metric}"
+
+
+def median_seed(metric: str, per_seed: dict[int, dict]) -> int:
+    """The seed whose dev figure of `metric` is the median (the lower middle one of an even count).
+    Its model, not the best seed's, is the one a user can expect again from one run."""
     ranked = sorted(per_seed, key=lambda seed: (per_seed[seed][metric], seed))
-    return metric, ranked[(len(ranked) - 1) // 2]
+    return ranked[(len(ranked) - 1) // 2]
 
 
 def copy_run(source: Path, run_dir: Path) -> None:

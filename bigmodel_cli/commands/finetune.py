@@ -43,7 +43,7 @@ def command(task: str | None, flags: dict, recipe: str | None, output_dir: Path 
     else:
         job = finetuning
     if seeds > 1:
-        finetuning.run_seeds(loaded, run_dir, seeds, overwrite, quiet, job.run)
+        finetuning.run_seeds(loaded, run_dir, seeds, overwrite, quiet, job)
         return
     metrics = job.run(loaded, run_dir, open_run(run_dir, loaded, overwrite), quiet)
     keys = ["train_samples", "eval_samples", "train_runtime", "train_samples_per_second", "best_checkpoint"]

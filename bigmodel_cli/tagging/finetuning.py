@@ -81,6 +81,13 @@ def run(recipe: FinetuneRecipe, run_dir: Path, resume_from: Path | None = None, 
     return metrics
 
 
+def main_metric(run_dir: Path) -> str:
+    """The key of a tagger's main metric: entity F1 (what picks the best epoch)."""
+    from bigmodel_cli.tagging.tasks import TagTask
+
+    return f"eval_{TagTask.best_metric}"
+
+
 def card(run_dir: Path, recipe: FinetuneRecipe, task, metrics: dict) -> None:
     write_model_card(
         run_dir,
