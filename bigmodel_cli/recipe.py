@@ -76,6 +76,51 @@ def training_key_problems(section) -> dict[str, str]:
     return problems
 
 
+class ProbeSection(Section):
+    """`training.probe`: during pretraining, a linear classifier fitted on the encoder's frozen features of a
+    labelled task's training split (a sample of it), scored on its dev split; `probe_accuracy` and `probe_f1`
+    are logged with the loss."""
+
+    task: str = "mrpc"  # a GLUE classification task
+    data_dir: str | None = None  # GLUE's files of the task; null: the hub's nyu-mll/glue
+    every: int | str = 500  # steps between probes, or seconds as "60s"
+    train_samples: int = Field(2000, ge=10)  # training pairs the classifier is fitted on (a seeded sample)
+    pooling: Literal["mean", "cls"] = "mean"  # features: the mean of the last layer's token states, or [CLS]'s
+    max_seq_length: int = Field(128, ge=8)  # tokens per example (at most data.max_seq_length)
+
+    @field_validator("task")
+    @classmethod
+    def _classification_task(cls, value: str) -> str:
+        from bigmodel_cli.classification.tasks import TASKS
+
+        task = TASKS.get(value.lower())
+        if task is None or task.is_regression:
+            choices = ", ".join(name for name, t in TASKS.items() if not t.is_regression)
+            raise ValueError(f"training.probe.task '{value}': the probe fits a classifier; choose one of {choices}")
+        return task.name
+
+    @field_validator("every")
+    @classmethod
+    def _every(cls, value):
+        if isinstance(value, str):
+            text = value.strip().lower()
+            number = text[:-1] if text.endswith("s") else None
+            try:
+                seconds = float(number) if number is not None else None
+            except ValueError:
+                seconds = None
+            if seconds is None or seconds <= 0:
+                raise ValueError(f"training.probe.every '{value}': give steps (500) or seconds ('60s')")
+            return f"{seconds:g}s"
+        if value < 1:
+            raise ValueError(f"training.probe.every {value}: give at least 1 step, or seconds ('60s')")
+        return value
+
+    def seconds(self) -> float | None:
+        """The seconds between probes, or None where `every` counts steps."""
+        return float(self.every[:-1]) if isinstance(self.every, str) else None
+
+
 class TrainingSection(Section):
     """Fields named as in `transformers.TrainingArguments`, so `--set training.X=...` means what a
     Hugging Face user expects. `time_budget` is bigmodel's own. Any other `TrainingArguments` field
@@ -126,6 +171,7 @@ class TrainingSection(Section):
     # keep the best evaluation's model, not the last: null lets the command decide (finetune: yes when it
     # evaluates; pretrain: no); true needs a checkpoint at every evaluation (save_strategy = eval_strategy)
     load_best_model_at_end: bool | None = None
+    probe: ProbeSection | None = None  # pretrain: a downstream probe during training (ProbeSection)
 
     @field_validator("eval_strategy", "save_strategy", mode="before")
     @classmethod
@@ -148,7 +194,7 @@ class TrainingSection(Section):
 
     def trainer_kwargs(self) -> dict[str, Any]:
         """The fields that `TrainingArguments` takes, in its own units."""
-        kwargs = self.model_dump(exclude={"time_budget", "global_batch_size", "load_best_model_at_end"})
+        kwargs = self.model_dump(exclude={"time_budget", "global_batch_size", "load_best_model_at_end", "probe"})
         if kwargs["warmup_steps"] >= 1:
             kwargs["warmup_steps"] = int(kwargs["warmup_steps"])
         if kwargs["eval_steps"] is None:
@@ -354,6 +400,9 @@ class FinetuneRecipe(Section):
     def _has_data(self) -> FinetuneRecipe:
         if not self.data.task and not self.data.train_file:
             raise ValueError("give a GLUE task (--task / data.task) or your own data.train_file")
+        if self.training.probe is not None:
+            raise ValueError("training.probe is pretrain's (a probe of a model being pretrained); fine-tuning "
+                             "evaluates the task itself: remove training.probe")
         return self
 
 

@@ -114,6 +114,51 @@ def test_the_tokenizer_trained_from_a_stream_of_batches_is_the_one_trained_from_
     assert streamed.backend_tokenizer.to_str() == listed.backend_tokenizer.to_str()
 
 
+
+@pytest.mark.parametrize("family", ["bert", "roberta"])
+def test_a_shuffled_selection_read_in_file_order_trains_the_tokenizer_its_lines_in_order_train(tmp_path, family):
+    """Tokenizer training reads a memory-mapped selection in file order with plain reads (its pages never
+    all resident); word counts do not depend on the order, so the tokenizer is the one of the lines in order."""
+    from datasets import load_dataset
+
+    from bigmodel_cli.mlm.corpus import file_order_batches
+    from bigmodel_cli.mlm.tokenizer import BATCH_LINES, train_tokenizer
+
+    lines = [line for line in (TINY / "tiny-corpus.txt").read_text().splitlines() if line.strip()]
+    lines = [f"{line} {i % 97}" for i, line in enumerate(lines * (3 * BATCH_LINES // len(lines) + 1))]
+    (tmp_path / "a.txt").write_text("\n".join(lines[: len(lines) // 2]) + "\n")
+    (tmp_path / "b.txt").write_text("\n".join(lines[len(lines) // 2:]) + "\n")
+    files = [str(tmp_path / "a.txt"), str(tmp_path / "b.txt")]
+    whole = load_dataset("text", data_files={"train": files}, split="train", cache_dir=str(tmp_path / "cache"))
+    selection = whole.train_test_split(test_size=0.3, seed=3)["train"]
+    in_file_order = [t for batch in file_order_batches(selection, 500) for t in batch]
+    assert sorted(in_file_order) == sorted(selection["text"]) and in_file_order != selection["text"]
+
+    def trained(lines):
+        return train_tokenizer(family, lines, 400, True, 1, show_progress=False).backend_tokenizer.to_str()
+
+    assert trained(selection) == trained(list(selection["text"]))
+
+
+
+def test_blank_lines_are_dropped_as_datasets_filter_drops_them_reading_the_files_in_order(tmp_path):
+    from datasets import concatenate_datasets, load_dataset
+
+    from bigmodel_cli.mlm.corpus import file_order_batches, non_blank
+
+    lines = ["a line", "", "   ", "\t", "another line", " x ", "\u3000", "last"] * 700
+    (tmp_path / "c.txt").write_text("\n".join(lines) + "\n\n")
+    whole = load_dataset("text", data_files={"train": [str(tmp_path / "c.txt")]}, split="train",
+                         cache_dir=str(tmp_path / "cache"))
+    for lines_of in (whole, whole.select(range(13, 4000)), concatenate_datasets([whole.select(range(5, 9)), whole])):
+        kept = non_blank(lines_of)
+        expected = lines_of.filter(lambda batch: [bool(t and t.strip()) for t in batch["text"]], batched=True)
+        assert list(kept["text"]) == list(expected["text"])
+    selection = non_blank(whole).train_test_split(test_size=0.2, seed=1)["train"]
+    in_order = [t for batch in file_order_batches(selection, 100) for t in batch]
+    assert sorted(in_order) == sorted(selection["text"])
+
+
 def header(result) -> str:
     return next(line for line in result.stderr.splitlines() if line.startswith("bigmodel pretrain"))
 

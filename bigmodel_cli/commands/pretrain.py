@@ -12,7 +12,7 @@ from bigmodel_cli.recipe import PretrainRecipe, load_recipe, recipe_name
 from bigmodel_cli.rundir import METRICS_FILE, clean_metrics, command_line, open_run, write_json, write_model_card
 
 SUMMARY_KEYS = ["train_samples", "train_runtime", "train_tokens_per_second", "train_loss", "eval_loss", "perplexity",
-                "model_parameters", "model_flops_utilization"]
+                "model_parameters", "model_flops_utilization", "probe_accuracy", "probe_f1", "probe_share"]
 
 
 def command(recipe: str | None, flags: dict, output_dir: Path | None, overrides: list[str] | None,
@@ -30,6 +30,10 @@ def command(recipe: str | None, flags: dict, output_dir: Path | None, overrides:
         from bigmodel_cli.mlm.configs import checkpoint_config, with_checkpoint
 
         loaded = with_checkpoint(loaded, checkpoint_config(loaded))  # its family and shape, as the recipe saved
+    if loaded.training.probe is not None:  # the probe's task files, checked before any folder is made
+        from bigmodel_cli.mlm.probe import probe_examples
+
+        probe_examples(loaded.training.probe, loaded.training.seed)
     if prepare_only:  # no run directory: a cluster job prepares the data once, before the launch
         from bigmodel_cli.mlm.cache import cache_root
 
@@ -136,6 +140,12 @@ def run(recipe: PretrainRecipe, run_dir: Path, resume_from: Path | None = None, 
                      f"not num_train_epochs {recipe.training.num_train_epochs:g}")
     trained = (f"train a stream of {len(data.files)} file{'s' if len(data.files) != 1 else ''}" if streaming and data.files
                else "train a stream" if streaming else f"train {len(raw['train'])} lines in {len(train_rows)} sequences")
+    probe = None
+    if recipe.training.probe is not None:
+        from bigmodel_cli.mlm.probe import Probe, probe_note
+
+        probe = Probe(recipe.training.probe, tokenizer, seed, recipe.data.max_seq_length, bf16=recipe.training.bf16)
+        notes.append(probe_note(recipe.training.probe, probe.examples))
     header = RunHeader("pretrain", f"{trained}, eval {len(raw['validation'])} lines", quiet, budget, notes)
     probability, words = recipe.data.mlm_probability, recipe.data.whole_word_masking
     trainer = MLMTrainer(
@@ -154,7 +164,11 @@ def run(recipe: PretrainRecipe, run_dir: Path, resume_from: Path | None = None, 
         seq_length=recipe.data.max_seq_length,
         callbacks=[header, stop, budget] if budget else [header, stop],  # before the progress bar
     )
+    if probe is not None:
+        probe.attach(trainer)
     metrics = trainer.train_and_measure(resume_from, stop)
+    if probe is not None:
+        metrics.update(probe.metrics(metrics["train_runtime"]))
     # Trainer's train_samples_per_second keeps Trainer's meaning: the training set's rows (packed
     # sequences) a second. The corpus lines a second, what a line-by-line run calls examples, have their own key.
     metrics["train_lines_per_second"] = metrics.pop("train_examples_per_second")

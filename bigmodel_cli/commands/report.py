@@ -2,7 +2,8 @@
 
 Reads what every run leaves behind (`trainer_state.json`'s log history, `metrics.json`) and writes
 `training_loss.png`, `learning_rate.png`, `eval_metrics.png`, `confusion_matrix.png` (classifiers),
-`entity_f1_RUN.png` (taggers: scores per entity type) and `report.md` (one table comparing the runs).
+`entity_f1_RUN.png` (taggers: scores per entity type), `probe.png` (pretraining's downstream probe)
+and `report.md` (one table comparing the runs).
 """
 
 from __future__ import annotations
@@ -46,6 +47,33 @@ def _plot(runs: list[dict], key: str, title: str, path: Path, ylabel: str) -> bo
         fig.savefig(path, dpi=100, bbox_inches="tight")
     plt.close(fig)
     return drawn
+
+
+def _probe(runs: list[dict], path: Path) -> bool:
+    """Pretraining's downstream probe (`training.probe`): its dev accuracy and F1 over the steps of each run,
+    against the accuracy of always answering the majority class (dashed)."""
+    import matplotlib.pyplot as plt
+
+    probed = [run for run in runs if _series(run["history"], "probe_accuracy")[0]]
+    if not probed:
+        return False
+    fig, ax = plt.subplots(figsize=(7, 4))
+    for run in probed:
+        steps, accuracy = _series(run["history"], "probe_accuracy")
+        line, = ax.plot(steps, accuracy, marker="o" if len(steps) < 30 else None, label=f"{run['name']}: accuracy")
+        ax.plot(*_series(run["history"], "probe_f1"), linestyle=":", color=line.get_color(), label=f"{run['name']}: F1")
+        _, majority = _series(run["history"], "probe_majority")
+        if majority:
+            ax.axhline(majority[-1], linestyle="--", color=line.get_color(), alpha=0.6,
+                       label=f"{run['name']}: majority class {majority[-1]:.3f}")
+    ax.set(title="downstream probe: linear classifier on frozen features (dev)", xlabel="optimizer step",
+           ylabel="score")
+    ax.grid(alpha=0.3)
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path, dpi=100, bbox_inches="tight")
+    plt.close(fig)
+    return True
 
 
 def _confusion(run: dict, path: Path) -> bool:
@@ -108,13 +136,15 @@ def run(run_dirs: list[Path], output: Path) -> list[Path]:
     for key, title, name, ylabel in plots:
         if _plot(runs, key, title, output / name, ylabel):
             written.append(output / name)
+    if _probe(runs, output / "probe.png"):
+        written.append(output / "probe.png")
     for r in runs:
         if _confusion(r, output / f"confusion_matrix_{r['name']}.png"):
             written.append(output / f"confusion_matrix_{r['name']}.png")
         if _entity_f1(r, output / f"entity_f1_{r['name']}.png"):
             written.append(output / f"entity_f1_{r['name']}.png")
     keys = sorted({k for r in runs for k, v in r["metrics"].items() if isinstance(v, (int, float))
-                   and (k.startswith("eval_") or k in ("perplexity", "train_runtime", "train_samples_per_second",
+                   and (k.startswith(("eval_", "probe_")) or k in ("perplexity", "train_runtime", "train_samples_per_second",
                                                        "train_tokens_per_second", "train_loss"))})
     lines = ["# bigmodel report", "", "| metric | " + " | ".join(r["name"] for r in runs) + " |",
              "| --- |" + " --- |" * len(runs)]

@@ -244,8 +244,7 @@ def load_corpus(recipe: PretrainRecipe) -> Corpus:
         raw = raw.select_columns([data.text_column])
         if data.text_column != "text":
             raw = raw.rename_column(data.text_column, "text")
-    raw = raw.filter(lambda batch: [bool(t and t.strip()) for t in batch["text"]], batched=True,
-                     desc="dropping blank lines")
+    raw = DatasetDict({split: non_blank(lines) for split, lines in raw.items()})
     if len(raw["train"]) == 0:
         raise BigmodelError("the training corpus has no non-blank lines; check data.train_files")
     if "validation" not in raw:
@@ -282,6 +281,103 @@ def bounded(texts: list[str]) -> list[str]:
     if all(len(t) <= MAX_LINE_CHARS for t in texts):
         return texts
     return [p for t in texts for p in pieces(t)]
+
+
+
+SAME_ROWS = {"replace_schema_metadata", "select", "drop", "cast"}  # table operations that keep a file's rows
+
+
+def file_window(part) -> tuple[int, int | None] | None:
+    """The rows [start, stop) of its Arrow file that a memory-mapped table holds (stop None: to the end),
+    from its recorded operations; None where one of them changes more than which rows (a renamed column)."""
+    start, stop = 0, None
+    for name, args, kwargs in part.replays or ():
+        if name == "slice":
+            offset = args[0] if args else kwargs.get("offset", 0)
+            length = args[1] if len(args) > 1 else kwargs.get("length")
+            start += offset
+            if length is not None:
+                stop = start + length if stop is None else min(stop, start + length)
+        elif name not in SAME_ROWS:
+            return None
+    return start, stop
+
+
+def file_order_columns(dataset):
+    """The `text` of a data set's rows as Arrow arrays, one per record batch, read in the order of its Arrow
+    files with plain reads (not memory-mapped), keeping the rows its selection holds; None where the data
+    set is not rows of Arrow files with a `text` column (the caller then reads it as datasets does).
+
+    For work that does not depend on the order of the lines (dropping blank lines, tokenizer training's word
+    counts): a data set read through its memory map, a shuffled selection most of all, leaves every page of
+    the text it touched in the process's resident memory, the size of the corpus. Read here, a process
+    holds one record batch at a time."""
+    import numpy as np
+    import pyarrow as pa
+    from datasets.table import ConcatenationTable, MemoryMappedTable
+
+    table = dataset.data
+    if isinstance(table, MemoryMappedTable):
+        parts = [table]
+    elif isinstance(table, ConcatenationTable) and all(len(row) == 1 for row in table.blocks):
+        parts = [row[0] for row in table.blocks]
+    else:
+        return None
+    if not all(isinstance(p, MemoryMappedTable) and "text" in p.column_names for p in parts):
+        return None
+    windows = [file_window(p) for p in parts]
+    if any(w is None for w in windows):
+        return None
+    keep = None
+    if dataset._indices is not None:
+        keep = np.zeros(table.num_rows, dtype=bool)
+        keep[dataset._indices.column(0).to_numpy()] = True
+
+    def columns():
+        offset = 0  # rows of the table before this batch's
+        for part, (start, stop) in zip(parts, windows):
+            at, read = 0, 0  # the file's rows before this batch; the part's rows read
+            with pa.OSFile(part.path) as source:
+                for record in pa.ipc.open_stream(source):
+                    first, last = max(start, at), record.num_rows + at if stop is None else min(stop, record.num_rows + at)
+                    at += record.num_rows
+                    if last <= first:
+                        if stop is not None and at >= stop:
+                            break
+                        continue
+                    column = record.column("text").slice(first - (at - record.num_rows), last - first)
+                    if keep is not None:
+                        column = column.filter(pa.array(keep[offset + read:offset + read + len(column)]))
+                    read += last - first
+                    yield column
+            if read != part.num_rows:  # the files are not the table's rows: never read the wrong lines
+                raise RuntimeError(f"read {read} rows of {part.path} for a table of {part.num_rows}")
+            offset += part.num_rows
+
+    return columns()
+
+
+def file_order_batches(dataset, batch_size: int):
+    """`file_order_columns` as lists of at most `batch_size` lines (None where it is None)."""
+    columns = file_order_columns(dataset)
+    if columns is None:
+        return None
+    return (column.slice(start, batch_size).to_pylist() for column in columns
+            for start in range(0, len(column), batch_size))
+
+
+def non_blank(dataset):
+    """The data set without its blank and whitespace-only lines: its lines read in file order
+    (`file_order_batches`, no memory map), the rest selected by index; datasets' filter where they cannot."""
+    import numpy as np
+
+    batches = file_order_batches(dataset, 10_000) if dataset._indices is None else None
+    if batches is None:
+        return dataset.filter(lambda batch: [bool(t and t.strip()) for t in batch["text"]], batched=True,
+                              desc="dropping blank lines")
+    keep = np.concatenate([np.fromiter((bool(t and t.strip()) for t in batch), dtype=bool, count=len(batch))
+                           for batch in batches] or [np.zeros(0, dtype=bool)])
+    return dataset if keep.all() else dataset.select(np.flatnonzero(keep))
 
 
 STREAM_HELD_OUT_LINES = 1000  # held out from the stream's start when no data.eval_files are given

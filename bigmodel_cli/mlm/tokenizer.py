@@ -33,12 +33,16 @@ BATCH_LINES = 1000  # lines handed to the tokenizer trainer at a time
 
 def line_batches(lines) -> Iterator[list[str]]:
     """The corpus in batches of lines, never all at once: a data set's `text` column read batch by
-    batch from its Arrow files, or a list of lines sliced; over-long lines in pieces (`corpus.bounded`)."""
-    from bigmodel_cli.mlm.corpus import bounded
+    batch from its Arrow files (`file_order_batches`), or a list of lines sliced; over-long lines in
+    pieces (`corpus.bounded`)."""
+    from bigmodel_cli.mlm.corpus import bounded, file_order_batches
 
     if hasattr(lines, "iter"):  # a datasets.Dataset
-        for batch in lines.iter(batch_size=BATCH_LINES):
-            yield bounded(batch["text"])
+        batches = file_order_batches(lines, BATCH_LINES)
+        if batches is None:
+            batches = (batch["text"] for batch in lines.iter(batch_size=BATCH_LINES))
+        for batch in batches:
+            yield bounded(batch)
     else:
         for start in range(0, len(lines), BATCH_LINES):
             yield bounded(list(lines[start:start + BATCH_LINES]))

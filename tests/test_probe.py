@@ -1,0 +1,89 @@
+"""The downstream probe (`training.probe`): logged with the loss at its cadence, never changing the training
+(same seed, same model with it on or off; a killed run resumes to the same model and the same probe figures),
+drawn by `bigmodel report`; bad settings are one line before any folder is made."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+from conftest import TINY, run_cli
+from test_exact import PRETRAIN, assert_same_result, killed_in
+
+pytestmark = pytest.mark.smoke
+
+PROBE = ["--set", f"training.probe.data_dir={TINY / 'mrpc-tiny'}", "--set", "training.probe.every=10"]
+
+
+def probes(run_dir) -> dict[int, dict]:
+    history = json.loads((run_dir / "trainer_state.json").read_text())["log_history"]
+    return {e["step"]: {k: v for k, v in e.items() if k not in ("probe_seconds", "epoch")}
+            for e in history if "probe_accuracy" in e}
+
+
+@pytest.fixture(scope="module")
+def plain(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("plain") / "run"
+    assert run_cli(*PRETRAIN, "-o", run_dir).returncode == 0
+    return run_dir
+
+
+@pytest.fixture(scope="module")
+def probed(tmp_path_factory):
+    run_dir = tmp_path_factory.mktemp("probed") / "run"
+    result = run_cli(*PRETRAIN, *PROBE, "-o", run_dir)
+    assert result.returncode == 0, result.stderr[-2000:]
+    return run_dir
+
+
+def test_the_probe_is_logged_at_its_cadence_and_leaves_the_model_as_without_it(plain, probed):
+    assert_same_result(plain, probed)  # weights, eval and train loss: the training's streams untouched
+    logged = probes(probed)
+    assert sorted(logged) == [0, 10, 20, 30]  # before the first step, every 10, the end
+    for entry in logged.values():
+        assert 0.0 <= entry["probe_accuracy"] <= 1.0 and 0.0 <= entry["probe_f1"] <= 1.0
+        dev = (TINY / "mrpc-tiny" / "dev.tsv").read_text(encoding="utf-8-sig").splitlines()[1:]
+        ones = sum(line.split("\t")[0] == "1" for line in dev)
+        assert entry["probe_majority"] == pytest.approx(max(ones, len(dev) - ones) / len(dev), abs=1e-4)
+    metrics = json.loads((probed / "metrics.json").read_text())
+    assert metrics["probe_accuracy"] == logged[30]["probe_accuracy"]
+    assert metrics["probe_seconds"] > 0 and metrics["probe_share"] == pytest.approx(
+        metrics["probe_seconds"] / metrics["train_runtime"], rel=0.01)
+    assert not any("probe" in k for k in json.loads((plain / "metrics.json").read_text()))
+
+
+def test_a_run_killed_while_probing_resumes_to_the_same_model_and_probe_figures(tmp_path, probed):
+    run_dir = tmp_path / "run"
+    argv = [*PRETRAIN, *PROBE, "-o", run_dir]
+    killed_in(argv, "bigmodel_cli.mlm.probe", "Probe", "run", "args[2].global_step == 30")
+    assert (run_dir / "checkpoint-20").is_dir() and not (run_dir / "metrics.json").exists()
+    resumed = run_cli(*argv)
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    assert_same_result(probed, run_dir)
+    assert probes(run_dir) == probes(probed)
+
+
+def test_the_probe_is_plotted_by_report(probed, tmp_path):
+    result = run_cli("report", probed, "-o", tmp_path / "report")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert (tmp_path / "report" / "probe.png").stat().st_size > 0
+    assert "probe_accuracy" in (tmp_path / "report" / "report.md").read_text()
+
+
+@pytest.mark.parametrize("setting, message", [
+    ("training.probe.task=stsb", "the probe fits a classifier"),
+    ("training.probe.every=soon", "training.probe.every 'soon'"),
+    ("training.probe.data_dir=/no/such/folder", "/no/such/folder is not a folder"),
+])
+def test_bad_probe_settings_are_one_line_before_any_folder(tmp_path, setting, message):
+    run_dir = tmp_path / "run"
+    result = run_cli(*PRETRAIN, *PROBE, "--set", setting, "-o", run_dir)
+    assert result.returncode == 2, result.stderr[-2000:]
+    assert message in result.stderr and "Traceback" not in result.stderr
+    assert not run_dir.exists()
+
+
+def test_finetune_refuses_a_probe(tmp_path):
+    result = run_cli("finetune", "-r", "finetune/mrpc-tiny-debug", "--set", "training.probe.task=mrpc",
+                     "-o", tmp_path / "run")
+    assert result.returncode == 2 and "training.probe is pretrain's" in result.stderr
