@@ -227,6 +227,10 @@ class BertSection(Section):
     # BPE, no token types), modernbert (rotary positions, GeGLU, local/global attention; byte-level BPE);
     # a continued checkpoint's own model_type
     type: str = "bert"
+    # mlm: masked LM alone (RoBERTa found next-sentence prediction does not help); mlm+nsp: BERT's own
+    # pretraining (BertForPreTraining), sentence pairs from consecutive lines of a document, half with a
+    # random second sentence; a new bert model only
+    objective: Literal["mlm", "mlm+nsp"] = "mlm"
     num_hidden_layers: int | None = Field(2, ge=1)  # transformer blocks
     hidden_size: int | None = Field(128, ge=8)  # width of every block
     num_attention_heads: int | None = Field(2, ge=1)  # must divide hidden_size
@@ -237,6 +241,10 @@ class BertSection(Section):
 
     @model_validator(mode="after")
     def _new_model_fits(self) -> BertSection:
+        if self.objective != "mlm" and (self.name_or_path or self.type != "bert"):
+            what = f"model.name_or_path {self.name_or_path}" if self.name_or_path else f"model.type {self.type}"
+            raise ValueError(f"model.objective {self.objective} trains a new bert model (BertForPreTraining), not "
+                             f"{what}: set model.objective=mlm")
         if self.name_or_path:  # a checkpoint's own family and shape, checked when it loads
             return self
         if self.fresh_head_learning_rate is not None:
@@ -288,6 +296,9 @@ class CorpusSection(Section):
     packing: bool = True  # put several lines in one sequence (block-diagonal attention, exact)
     whole_word_masking: bool = False  # mask all pieces of a word together (WordPiece ## or byte-level BPE words)
     preprocessing_num_workers: int | None = Field(None, ge=1)  # processes that tokenize; null: the machine's cores
+    # model.objective mlm+nsp: a line matching this regular expression (the whole stripped line) ends a
+    # document and is dropped, and blank lines are skipped; null: blank lines end documents
+    document_separator: str | None = None
     # draw the training masks on the device (the same masks as on the host, no host work per line);
     # null: on a GPU only
     mask_on_device: bool | None = None
@@ -301,6 +312,18 @@ class CorpusSection(Section):
             codecs.lookup(value)
         except LookupError:
             raise ValueError(f"'{value}' is not an encoding Python knows (e.g. utf-8, latin-1, cp1252)") from None
+        return value
+
+    @field_validator("document_separator")
+    @classmethod
+    def _pattern(cls, value: str | None) -> str | None:
+        import re
+
+        if value is not None:
+            try:
+                re.compile(value)
+            except re.error as e:
+                raise ValueError(f"'{value}' is not a regular expression ({e})") from None
         return value
 
     @model_validator(mode="after")
@@ -325,6 +348,18 @@ class PretrainRecipe(Section):
                 raise ValueError(f"data.packing is true but {family}: packed rows (block-diagonal masks, per-line "
                                  "positions) are proven for bert only; set data.packing=false")
             self.data.packing = False  # one line per row, and the resolved recipe says so
+        if self.model.objective == "mlm+nsp":
+            if self.data.streaming:
+                raise ValueError("model.objective mlm+nsp pairs lines of whole documents, which a stream does not "
+                                 "hold: set data.streaming=false, or model.objective=mlm")
+            if self.data.packing:
+                if "packing" in self.data.model_fields_set:
+                    raise ValueError("data.packing is true but model.objective is mlm+nsp: each row is one sentence "
+                                     "pair, whose [CLS] predicts the next sentence; set data.packing=false")
+                self.data.packing = False  # one pair per row, and the resolved recipe says so
+        elif self.data.document_separator is not None:
+            raise ValueError("data.document_separator splits documents for model.objective mlm+nsp; the masked LM "
+                             "alone reads lines: remove the key, or set model.objective=mlm+nsp")
         if self.data.streaming:
             training = self.training
             if training.max_steps <= 0 and not training.time_budget:

@@ -18,6 +18,7 @@ STREAMS = {
     "order": 0,  # each epoch's data order (folded with the epoch; a stream's rows: with the pass and the window)
     "masks": 0,  # training masks (folded with the epoch; mlm/masking.py hashes in the example id and token offset)
     "held_out_masks": 1,  # evaluation masks (epoch 0; then hashed like the training masks): fixed for the whole run
+    "pairs": 3,  # mlm+nsp: which sentence pairs get a random second sentence, and which one (mlm/pairs.py)
     "probe": 2,  # the downstream probe's sample of its task's training split (a numpy generator of its own)
 }
 

@@ -12,7 +12,7 @@ from bigmodel_cli.recipe import PretrainRecipe, load_recipe, recipe_name
 from bigmodel_cli.rundir import METRICS_FILE, clean_metrics, command_line, open_run, write_json, write_model_card
 
 SUMMARY_KEYS = ["train_samples", "train_runtime", "train_tokens_per_second", "train_loss", "eval_loss", "perplexity",
-                "model_parameters", "model_flops_utilization", "probe_accuracy", "probe_f1", "probe_share"]
+                "eval_nsp_accuracy", "model_parameters", "model_flops_utilization", "probe_accuracy", "probe_f1", "probe_share"]
 
 
 def command(recipe: str | None, flags: dict, output_dir: Path | None, overrides: list[str] | None,
@@ -148,14 +148,17 @@ def run(recipe: PretrainRecipe, run_dir: Path, resume_from: Path | None = None, 
         notes.append(probe_note(recipe.training.probe, probe.examples))
     header = RunHeader("pretrain", f"{trained}, eval {len(raw['validation'])} lines", quiet, budget, notes)
     probability, words = recipe.data.mlm_probability, recipe.data.whole_word_masking
+    collator = MLMCollator
+    if recipe.model.objective == "mlm+nsp":  # sentence pairs: token types and next-sentence labels too
+        from bigmodel_cli.mlm.pairs import PairCollator as collator
     trainer = MLMTrainer(
         model=model,
         args=args,
         train_dataset=train_rows,
         eval_dataset=eval_rows,
-        data_collator=MLMCollator(tokenizer, probability, seed, positions=bert, whole_words=words, position_ids=bert,
+        data_collator=collator(tokenizer, probability, seed, positions=bert, whole_words=words, position_ids=bert,
                                   on_device=on_gpu(recipe.data.mask_on_device)),
-        eval_data_collator=MLMCollator(tokenizer, probability, seed, "held_out_masks", positions=bert, whole_words=words,
+        eval_data_collator=collator(tokenizer, probability, seed, "held_out_masks", positions=bert, whole_words=words,
                                        position_ids=bert),
         pad_token_id=tokenizer.pad_token_id,
         budget=budget,
@@ -204,11 +207,14 @@ def flop_utilization(config, seq_length: int, metrics: dict) -> dict:
 def save(model, weights: dict, tokenizer, run_dir: Path, metrics: dict, recipe: PretrainRecipe) -> None:
     """The model (its `weights`: the whole state dict, gathered) as a plain `BertForMaskedLM`
     (safetensors), tokenizer, metrics, model card."""
-    from transformers import BertForMaskedLM
+    from transformers import BertForMaskedLM, BertForPreTraining
 
+    from bigmodel_cli.mlm.pairs import SparseHeadBertForPreTraining
     from bigmodel_cli.mlm.sparse_head import SparseHeadBertForMaskedLM
 
-    if isinstance(model, SparseHeadBertForMaskedLM):  # saved as the stock class: loads anywhere
+    if isinstance(model, SparseHeadBertForPreTraining):  # saved as the stock class: loads anywhere
+        model = BertForPreTraining(model.config)
+    elif isinstance(model, SparseHeadBertForMaskedLM):
         plain = BertForMaskedLM(model.config)
         plain.bert.pooler = model.bert.pooler  # a continued checkpoint's (`keep_pooler`), else None
         model = plain

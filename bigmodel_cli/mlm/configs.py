@@ -14,7 +14,7 @@ def bert_config(recipe: PretrainRecipe, tokenizer):
         vocab_size=len(tokenizer),
         pad_token_id=tokenizer.pad_token_id,
         architectures=["BertForMaskedLM"],
-        **recipe.model.model_dump(exclude={"name_or_path", "type"}),
+        **recipe.model.model_dump(exclude={"name_or_path", "type", "objective"}),
     )
 
 

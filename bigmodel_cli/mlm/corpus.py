@@ -41,6 +41,7 @@ class Corpus:
     files: dict[str, list[str]] = field(default_factory=dict)
     notes: list[str] = field(default_factory=list)
     make_stream: object = None  # a streamed corpus (`stream_corpus`): the training stream, made anew
+    documents: dict | None = None  # mlm+nsp: each split's lines' document numbers (`pairs.document_splits`)
 
     @property
     def streamed(self) -> bool:
@@ -244,6 +245,11 @@ def load_corpus(recipe: PretrainRecipe) -> Corpus:
         raw = raw.select_columns([data.text_column])
         if data.text_column != "text":
             raw = raw.rename_column(data.text_column, "text")
+    if recipe.model.objective == "mlm+nsp":  # documents, whose consecutive lines make the sentence pairs
+        from bigmodel_cli.mlm.pairs import document_splits
+
+        lines, documents = document_splits(raw, recipe)
+        return Corpus(DatasetDict(lines), files, notes, documents=documents)
     raw = DatasetDict({split: non_blank(lines) for split, lines in raw.items()})
     if len(raw["train"]) == 0:
         raise BigmodelError("the training corpus has no non-blank lines; check data.train_files")

@@ -13,6 +13,7 @@ import torch
 import torch.nn.functional as F
 
 from bigmodel_cli.errors import BigmodelError
+from bigmodel_cli.mlm.pairs import SparseHeadBertForPreTraining
 from bigmodel_cli.mlm.sparse_head import SparseHeadBertForMaskedLM
 
 
@@ -24,7 +25,8 @@ def perplexity(loss: float) -> float:
 
 
 def masked_loss_sums(model, collator, rows, batches, counted: int | None = None, prepare=None, on_batch=None) -> torch.Tensor:
-    """[summed loss, masked-token count] (float64) over the batches of row indices `batches`, of
+    """[summed loss, masked-token count, next sentences told right, sentence pairs] (float64; the last two
+    0 but for BERT's own objective, mlm+nsp) over the batches of row indices `batches`, of
     which only the first `counted` add up (the others are forward passes that a sharded model,
     FSDP or DeepSpeed ZeRO-3, needs every process to take part in).
 
@@ -41,18 +43,24 @@ def masked_loss_sums(model, collator, rows, batches, counted: int | None = None,
         for k, indices in enumerate(batches):
             batch = collator([rows[i] for i in indices])
             batch = prepare(batch)
-            if isinstance(getattr(model, "module", model), SparseHeadBertForMaskedLM):
+            nsp = torch.zeros(2, dtype=torch.float64, device=batch["input_ids"].device)
+            if isinstance(getattr(model, "module", model), SparseHeadBertForPreTraining):
+                out = model(**batch, num_items_in_batch=1)
+                loss = out.mlm_loss  # summed over the masked tokens
+                told = out.seq_relationship_logits.argmax(-1) == batch["next_sentence_label"]
+                nsp = torch.stack([told.sum().double(), nsp.new_tensor(float(told.numel()))])
+            elif isinstance(getattr(model, "module", model), SparseHeadBertForMaskedLM):
                 loss = model(**batch, num_items_in_batch=1).loss  # summed over the masked tokens
             else:  # another family's stock head: its logits, summed here (its own loss may be a mean)
                 logits = model(**{k: v for k, v in batch.items() if k != "labels"}).logits
                 loss = F.cross_entropy(logits.reshape(-1, logits.shape[-1]).float(), batch["labels"].reshape(-1),
                                        ignore_index=-100, reduction="sum")
             if k < counted:
-                sums = torch.stack([loss.detach().double(), (batch["labels"] != -100).sum().double()])
+                sums = torch.cat([torch.stack([loss.detach().double(), (batch["labels"] != -100).sum().double()]), nsp])
                 total = sums if total is None else total + sums
             if on_batch:
                 on_batch()
-    return total.cpu() if total is not None else torch.zeros(2, dtype=torch.float64)
+    return total.cpu() if total is not None else torch.zeros(4, dtype=torch.float64)
 
 
 def batched(indices, size: int) -> list[list[int]]:
@@ -90,7 +98,7 @@ def score_text_file(model, tokenizer, data_file: str | Path, max_seq_length: int
     was_training = model.training
     model.eval()
     try:
-        total, count = masked_loss_sums(model, collator, rows, batched(range(len(rows)), batch_size)).tolist()
+        total, count, _, _ = masked_loss_sums(model, collator, rows, batched(range(len(rows)), batch_size)).tolist()
     finally:
         model.train(was_training)
     count = int(count)

@@ -17,6 +17,12 @@ def masked_lm(recipe: PretrainRecipe, tokenizer, checkpoint=None):
     shape, or the checkpoint `model.name_or_path` (its config `checkpoint`, from `checkpoint_config`)
     as a masked LM, with the dropout keys the recipe sets applied."""
     if not recipe.model.name_or_path:
+        if recipe.model.objective == "mlm+nsp":
+            from bigmodel_cli.mlm.pairs import SparseHeadBertForPreTraining
+
+            config = bert_config(recipe, tokenizer)
+            config.architectures = ["BertForPreTraining"]
+            return SparseHeadBertForPreTraining(config), "new model, BERT's objective: masked LM + next sentence"
         if recipe.model.type == "bert":
             return SparseHeadBertForMaskedLM(bert_config(recipe, tokenizer)), "new model"
         from transformers import AutoModelForMaskedLM

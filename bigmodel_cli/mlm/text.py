@@ -218,7 +218,18 @@ def tokenize_corpus(recipe: PretrainRecipe, tokenizer, corpus: Corpus, packing: 
     folder = rows_folder(recipe, tokenizer, corpus, packing)
     splits = ("train", "validation")
     cached = cache.is_complete(folder)
-    if not cached:
+    if not cached and corpus.documents is not None:  # mlm+nsp: sentence pairs
+        from bigmodel_cli.mlm.pairs import tokenize_pairs
+
+        def fill(staging: Path) -> None:
+            start = time.perf_counter()
+            for split in splits:
+                tokenize_pairs(recipe, tokenizer, raw[split], corpus.documents[split], staging / f"{split}.arrow",
+                               preprocessing_processes(recipe, len(raw[split])))
+            seconds["tokenize"] += time.perf_counter() - start
+
+        cache.build(folder, fill)
+    elif not cached:
         def fill(staging: Path) -> None:
             for split in splits:
                 start = time.perf_counter()

@@ -134,8 +134,10 @@ class MLMTrainer(CountingTrainer):
             model.train(was_training)
         if world > 1:
             total = self.accelerator.reduce(total.to(self.args.device), reduction="sum").cpu()
-        loss_sum, count = total.tolist()
+        loss_sum, count, told, pairs = total.tolist()
         metrics = {f"{metric_key_prefix}_loss": loss_sum / max(count, 1), f"{metric_key_prefix}_masked_tokens": int(count)}
+        if pairs:  # BERT's own objective: the held-out pairs' next-sentence accuracy
+            metrics[f"{metric_key_prefix}_nsp_accuracy"] = told / pairs
         return EvalLoopOutput(predictions=None, label_ids=None, metrics=metrics, num_samples=len(rows))
 
     def create_scheduler(self, num_training_steps: int, optimizer=None):

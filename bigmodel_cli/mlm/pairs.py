@@ -1,0 +1,226 @@
+"""BERT's own pretraining (`model.objective: mlm+nsp`): sentence pairs, masked and told apart.
+
+- Documents: blank lines end a document (or lines matching `data.document_separator`, which are dropped,
+  blank lines then skipped). The held-out split is whole documents, `validation_split_percentage` of them,
+  chosen by the run's split seed, so no pair straddles the split.
+- Pairs (`pair_rows`): every two consecutive lines of a document, A then B; for half of them, drawn by the
+  `pairs` stream, B is a line of another document instead (`next_sentence_label` 1, as
+  `BertForPreTraining` reads it). Each row is `[CLS] A [SEP] B [SEP]`, cut to `max_seq_length` by taking
+  tokens off the end of the longer segment first (BERT's `truncate_seq_pair`), built with numpy.
+- `PairCollator`: `MLMCollator`'s masks, plus token types (B's tokens are type 1) and the labels.
+- `SparseHeadBertForPreTraining`: `BertForPreTraining` whose MLM head projects only the masked positions;
+  the loss is the masked-LM loss plus the next-sentence loss; saved as the stock class.
+"""
+
+from __future__ import annotations
+
+import re
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+import torch.nn.functional as F
+from transformers import BertForPreTraining
+from transformers.utils import ModelOutput
+
+from bigmodel_cli.errors import BigmodelError
+from bigmodel_cli.mlm.masking import MLMCollator
+from bigmodel_cli.seeds import derive_seed
+
+RANDOM_NEXT = 1  # BertForPreTraining's next_sentence_label: 0 B follows A, 1 B is a random sentence
+
+
+def line_documents(lines, separator: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """(the rows of `lines` that are text, their document numbers): blank lines end a document, or, with
+    `separator` (a regular expression), the lines it matches whole (stripped), blank lines then skipped."""
+    from bigmodel_cli.mlm.corpus import file_order_batches
+
+    pattern = re.compile(separator) if separator else None
+    batches = file_order_batches(lines, 10_000) if lines._indices is None else None
+    if batches is None:
+        batches = (batch["text"] for batch in lines.iter(batch_size=10_000))
+    rows, documents, document, row = [], [], 0, 0
+    for batch in batches:
+        for text in batch:
+            stripped = (text or "").strip()
+            if (not stripped) if pattern is None else (stripped and pattern.fullmatch(stripped)):
+                document += 1
+            elif stripped:
+                rows.append(row)
+                documents.append(document)
+            row += 1
+    return np.asarray(rows, dtype=np.int64), np.asarray(documents, dtype=np.int64)
+
+
+def document_splits(raw: dict, recipe) -> tuple[dict, dict]:
+    """The training and held-out lines (text only, in file order) and their documents' numbers: held-out
+    documents from `data.eval_files`, else `validation_split_percentage` of the training file's documents."""
+    data, seed = recipe.data, recipe.training.seed
+    lines, documents = {}, {}
+    for split in raw:
+        rows, documents[split] = line_documents(raw[split], data.document_separator)
+        lines[split] = raw[split].select(rows)
+    if "validation" not in raw:
+        names = np.unique(documents["train"])
+        if len(names) < 3:
+            raise BigmodelError(
+                f"model.objective mlm+nsp: the corpus holds {len(names)} document{'s' if len(names) != 1 else ''}; "
+                "held-out pairs and random next sentences need at least 3 (blank lines end a document, or set "
+                "data.document_separator)")
+        held = max(1, round(len(names) * data.validation_split_percentage / 100))
+        chosen = np.random.default_rng(derive_seed(seed, "split")).choice(names, held, replace=False)
+        out = np.isin(documents["train"], chosen)
+        lines["validation"] = lines["train"].select(np.flatnonzero(out))
+        lines["train"] = lines["train"].select(np.flatnonzero(~out))
+        documents["validation"], documents["train"] = documents["train"][out], documents["train"][~out]
+    for split, limit in (("train", data.max_train_samples), ("validation", data.max_eval_samples)):
+        if limit and limit < len(lines[split]):
+            lines[split], documents[split] = lines[split].select(range(limit)), documents[split][:limit]
+        if not (documents[split][1:] == documents[split][:-1]).any() or len(np.unique(documents[split])) < 2:
+            key = "data.eval_files" if split == "validation" and data.eval_files else "the corpus"
+            raise BigmodelError(
+                f"model.objective mlm+nsp: {key} has no two documents with a pair of consecutive lines in its "
+                f"{'held-out' if split == 'validation' else 'training'} part; sentence pairs come from consecutive "
+                "lines of a document (blank lines end one, or set data.document_separator)")
+    return lines, documents
+
+
+def pairs(documents: np.ndarray, key: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """(first line, second line, label) of every pair: each two consecutive lines of a document, half of them
+    (drawn from `key`'s generator) with a line of another document second instead (label 1)."""
+    rng = np.random.default_rng(key)
+    first = np.flatnonzero(documents[1:] == documents[:-1])
+    second = first + 1
+    swap = rng.random(len(first)) < 0.5
+    picks = rng.integers(0, len(documents), len(first))
+    for _ in range(64):  # a pick from the pair's own document is drawn again
+        again = swap & (documents[picks] == documents[first])
+        if not again.any():
+            break
+        picks[again] = rng.integers(0, len(documents), int(again.sum()))
+    swap &= documents[picks] != documents[first]
+    return first, np.where(swap, picks, second), swap.astype(np.int64) * RANDOM_NEXT
+
+
+def truncated(la: np.ndarray, lb: np.ndarray, room: int) -> tuple[np.ndarray, np.ndarray]:
+    """The lengths BERT's `truncate_seq_pair` leaves two segments of `la` and `lb` tokens in `room`: one
+    token off the longer at a time (B when equal) until they fit."""
+    low, high = room // 2, room - room // 2
+    fit = la + lb <= room
+    a = np.where(fit | (la <= low), la, np.where(lb <= low, room - lb, high))
+    b = np.where(fit | (lb <= low), lb, np.where(la <= low, room - la, low))
+    return a, b
+
+
+def runs(lengths: np.ndarray) -> np.ndarray:
+    """0..n-1 for each n of `lengths`, concatenated."""
+    return np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+
+
+def pair_rows(ids, documents: np.ndarray, max_seq_length: int, cls_id: int, sep_id: int, key: int):
+    """Rows of `[CLS] A [SEP] B [SEP]` (Arrow record batch): `input_ids`, `lengths` ([row length]),
+    `example_ids` ([pair number]: seeds its masks), `segment_a` (where B starts) and `next_sentence_label`.
+    `ids`: the lines' token ids (an Arrow list array, no special tokens)."""
+    import pyarrow as pa
+
+    ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
+    offsets = ids.offsets.to_numpy().astype(np.int64)
+    values = ids.values.to_numpy(zero_copy_only=False)
+    lengths = np.diff(offsets)
+    first, second, label = pairs(documents, key)
+    a, b = truncated(lengths[first], lengths[second], max_seq_length - 3)
+    n = a + b + 3
+    starts = np.concatenate([[0], np.cumsum(n)])
+    tokens = np.empty(int(starts[-1]), dtype=values.dtype)
+    tokens[starts[:-1]] = cls_id
+    tokens[starts[:-1] + 1 + a] = sep_id
+    tokens[starts[1:] - 1] = sep_id
+    tokens[np.repeat(starts[:-1] + 1, a) + runs(a)] = values[np.repeat(offsets[first], a) + runs(a)]
+    tokens[np.repeat(starts[:-1] + 2 + a, b) + runs(b)] = values[np.repeat(offsets[second], b) + runs(b)]
+    each = pa.array(np.arange(len(n) + 1, dtype=np.int32))
+    return pa.record_batch([
+        pa.ListArray.from_arrays(pa.array(starts.astype(np.int32)), pa.array(tokens)),
+        pa.ListArray.from_arrays(each, pa.array(n.astype(np.int64))),
+        pa.ListArray.from_arrays(each, pa.array(np.arange(len(n), dtype=np.int64))),
+        pa.array((a + 2).astype(np.int64)),
+        pa.array(label),
+    ], names=["input_ids", "lengths", "example_ids", "segment_a", "next_sentence_label"])
+
+
+def tokenize_pairs(recipe, tokenizer, lines, documents: np.ndarray, path, num_proc: int | None = None):
+    """A split's lines -> its pair rows, written to `path` (Arrow) and memory-mapped from there."""
+    import pyarrow as pa
+    from datasets import Dataset, Features, List, Value
+
+    from bigmodel_cli.mlm.corpus import MAX_LINE_CHARS
+
+    def encode(batch):  # one row per line (a pair's segment is cut to fit anyway)
+        texts = [t[:MAX_LINE_CHARS] for t in batch["text"]]
+        return {"input_ids": tokenizer(texts, add_special_tokens=False)["input_ids"]}
+
+    tokens = lines.map(encode, batched=True, remove_columns=lines.column_names, num_proc=num_proc,
+                       desc="tokenizing", features=Features({"input_ids": List(Value("int32"))}))
+    key = derive_seed(recipe.training.seed, "pairs")
+    batch = pair_rows(tokens.data.table.column("input_ids"), documents, recipe.data.max_seq_length,
+                      tokenizer.cls_token_id, tokenizer.sep_token_id, key)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, batch.schema) as writer:
+        writer.write_batch(batch)
+    return Dataset.from_file(str(path))
+
+
+class PairCollator(MLMCollator):
+    """`MLMCollator` for sentence-pair rows: its masks, plus `token_type_ids` (1 from B's first token to
+    the row's end) and `next_sentence_label`."""
+
+    def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        out = super().__call__(rows)
+        width = out["input_ids"].shape[1]
+        column = torch.arange(width)[None]
+        b_start = torch.tensor([r["segment_a"] for r in rows])[:, None]
+        end = torch.tensor([r["lengths"][0] for r in rows])[:, None]
+        out["token_type_ids"] = ((column >= b_start) & (column < end)).long()
+        out["next_sentence_label"] = torch.tensor([r["next_sentence_label"] for r in rows], dtype=torch.long)
+        return out
+
+
+@dataclass
+class PreTrainingLoss(ModelOutput):
+    """The loss (masked LM + next sentence), its masked-LM part (a sum over the masked tokens where the
+    caller counts them: `num_items_in_batch`), and the next-sentence logits."""
+
+    loss: torch.Tensor | None = None
+    mlm_loss: torch.Tensor | None = None
+    seq_relationship_logits: torch.Tensor | None = None
+
+
+class SparseHeadBertForPreTraining(BertForPreTraining):
+    """`BertForPreTraining` whose MLM head projects only the masked positions onto the vocabulary (as
+    `SparseHeadBertForMaskedLM`); the same parameters, saved and loaded as the stock class."""
+
+    def forward(self, input_ids=None, attention_mask=None, token_type_ids=None, position_ids=None, labels=None,
+                next_sentence_label=None, num_items_in_batch=None, masked_positions=None, **kwargs):
+        if labels is None:
+            return super().forward(input_ids=input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                                   position_ids=position_ids, **kwargs)
+        out = self.bert(input_ids, attention_mask=attention_mask, token_type_ids=token_type_ids,
+                        position_ids=position_ids, return_dict=True)
+        hidden = out.last_hidden_state
+        if masked_positions is None:
+            targets = labels != -100
+            hidden, masked = hidden[targets], labels[targets]
+        else:
+            hidden = hidden.reshape(-1, hidden.shape[-1]).index_select(0, masked_positions)
+            masked = labels.reshape(-1).index_select(0, masked_positions)
+        logits = self.cls.predictions(hidden).float()
+        nsp_logits = self.cls.seq_relationship(out.pooler_output).float()
+        nsp = F.cross_entropy(nsp_logits, next_sentence_label) if next_sentence_label is not None else 0.0
+        if num_items_in_batch is None:
+            mlm = F.cross_entropy(logits, masked)
+            loss = mlm + nsp
+        else:  # the step's masked tokens (all micro-batches): the MLM sum over them exact; the NSP mean of
+            # this micro-batch weighted by its share of them, so the micro-batches add up to one mean
+            mlm = F.cross_entropy(logits, masked, reduction="sum")
+            share = (labels != -100).sum() / num_items_in_batch
+            loss = mlm / num_items_in_batch + nsp * share
+        return PreTrainingLoss(loss=loss, mlm_loss=mlm, seq_relationship_logits=nsp_logits)
