@@ -372,6 +372,7 @@ def export_section(mrpc: Path, run_dir: Path, work: Path, rounds: int = EVAL_ROU
     from bigmodel_cli.classification.model import load_saved_classifier
     from bigmodel_cli.classification.tasks import get_task
     from bigmodel_cli.export.exporting import run
+    from bigmodel_cli.exported import BATCH, EXPORT_BATCH
 
     out = work / "export"
     report = run(run_dir, out, True, 0.5, str(mrpc), None, 17, True)
@@ -379,10 +380,10 @@ def export_section(mrpc: Path, run_dir: Path, work: Path, rounds: int = EVAL_ROU
     sides = {"torch_fp32": load_saved_classifier(str(run_dir)), "onnx_int8": load_saved_classifier(str(out))}
     features = {name: encode(load_glue(task, "validation", str(mrpc)), tok) for name, (_, tok) in sides.items()}
 
-    def one(name: str) -> tuple[float, dict]:
+    def one(name: str) -> tuple[float, dict]:  # each at `bigmodel eval`'s default batch for it
         model, tokenizer = sides[name]
         start = time.perf_counter()
-        metrics = evaluate_classifier(model, tokenizer, features[name], task, 32)
+        metrics = evaluate_classifier(model, tokenizer, features[name], task, EXPORT_BATCH if name == "onnx_int8" else BATCH)
         return len(features[name]) / (time.perf_counter() - start), metrics
 
     for name in sides:

@@ -154,6 +154,7 @@ def wait_for_everyone() -> None:
 
 
 EXIT_DIR = "BIGMODEL_EXIT_DIR"  # `bigmodel launch` reads each worker's exit code from here
+LAUNCH_GRACE = 120.0  # seconds `bigmodel launch` gives its workers to finish their step and save after a signal
 
 
 def exit_process(code: int) -> NoReturn:

@@ -48,6 +48,17 @@ def test_pairs_are_consecutive_lines_of_a_document_or_half_of_them_a_line_of_ano
     assert not (pairs(documents, key=8)[2] == label).all()
 
 
+def test_pairs_are_made_in_shards_cut_where_a_document_starts():
+    from bigmodel_cli.mlm.pairs import shards
+
+    documents = np.repeat(np.arange(50), np.random.default_rng(0).integers(1, 9, 50))
+    for size in (1, 7, 30, 10_000):
+        cut = shards(documents, size)
+        assert cut[0][0] == 0 and cut[-1][1] == len(documents) and all(a[1] == b[0] for a, b in zip(cut, cut[1:]))
+        assert all(start == 0 or documents[start] != documents[start - 1] for start, _ in cut)
+        assert all(stop - start >= size or stop == len(documents) for start, stop in cut)
+
+
 def test_a_row_is_cls_a_sep_b_sep_with_b_from_segment_a_on():
     lines = [[10, 11, 12], [20, 21], [30] * 50, [40, 41, 42, 43], [50]]
     ids = pa.array(lines, type=pa.list_(pa.int32()))

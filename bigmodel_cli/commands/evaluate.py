@@ -12,6 +12,7 @@ import json
 
 from bigmodel_cli.console import setup, shown
 from bigmodel_cli.errors import BigmodelError
+from bigmodel_cli.exported import default_batch
 from bigmodel_cli.models import load_tokenizer
 from bigmodel_cli.recipe import FinetuneRecipe, LabelledDataSection, PretrainRecipe, read_saved_recipe
 from bigmodel_cli.tagging.model import is_saved_tagger
@@ -20,6 +21,7 @@ from bigmodel_cli.tagging.model import is_saved_tagger
 def command(model: str, task: str | None, split: str | None, data_dir: str | None, data_file: str | None,
             batch_size: int, as_json: bool) -> None:
     setup(True)
+    batch_size = batch_size or default_batch(model)
     if split is not None and data_file:
         raise BigmodelError(f"--split {split} picks one of GLUE's splits (--data-dir or the hub), not part of "
                             f"--data-file {data_file}: remove --split, or give the split's own file")

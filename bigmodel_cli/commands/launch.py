@@ -14,16 +14,15 @@ import time
 from pathlib import Path
 
 from bigmodel_cli.errors import BigmodelError
-from bigmodel_cli.processes import EXIT_DIR
+from bigmodel_cli.processes import EXIT_DIR, LAUNCH_GRACE
 
-DEFAULT_GRACE = 120.0  # seconds the workers get to finish their step and save after a signal
 FORWARDED = ("SIGTERM", "SIGINT", "SIGUSR1")
 LAUNCHED = ("pretrain", "finetune", "glue")  # the commands that train
 
 
 def command(command: list[str], num_processes: int | None, config: str | None, num_machines: int | None,
             machine_rank: int | None, main_process_ip: str | None, main_process_port: int | None,
-            grace: float = DEFAULT_GRACE) -> None:
+            grace: float = LAUNCH_GRACE) -> None:
     if not command or command[0] not in LAUNCHED:
         raise BigmodelError("name the command to launch after the options, e.g. bigmodel launch -n 2 pretrain -r pretrain/bert-tiny")
     argv = launch_arguments(command, num_processes, config, num_machines, machine_rank, main_process_ip, main_process_port)

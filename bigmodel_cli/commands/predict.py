@@ -14,12 +14,14 @@ from pathlib import Path
 
 from bigmodel_cli.console import say, setup
 from bigmodel_cli.errors import BigmodelError
+from bigmodel_cli.exported import default_batch
 from bigmodel_cli.files import check_text_file
 
 
 def command(model: str, text: str | None, text_pair: str | None, input_file: str | None, output: str | None,
             batch_size: int, quiet: bool) -> None:
     setup(True)
+    batch_size = batch_size or default_batch(model)
     texts = [t for t in (text, text_pair) if t is not None]
     if text_pair is not None and text is None:
         raise BigmodelError("--text-pair needs --text")

@@ -15,7 +15,7 @@ import numpy as np
 
 from bigmodel_cli.console import say, shown
 from bigmodel_cli.errors import BigmodelError
-from bigmodel_cli.exported import INT8_FILE, ONNX_FILE, OnnxModel
+from bigmodel_cli.exported import EXPORT_BATCH, INT8_FILE, ONNX_FILE, OnnxModel
 from bigmodel_cli.rundir import RECIPE_FILE, write_json
 
 PARITY = 1e-4  # the largest difference of a logit between torch and onnxruntime in fp32
@@ -76,7 +76,7 @@ def classifier_dev(model_dir: Path, tokenizer, config, data_dir: str | None, dat
     rows = as_rows(read_columns(features, [c for c in ("input_ids", "token_type_ids", "attention_mask")
                                            if c in features.column_names]))
     return DevSet(f"eval_{task.best_metric}",
-                  lambda model: evaluate_classifier(model, tokenizer, features, task, 32),
+                  lambda model: evaluate_classifier(model, tokenizer, features, task, EXPORT_BATCH),
                   lambda model: list(predict_logits(model, tokenizer, features, 32)), rows, len(features))
 
 
@@ -96,7 +96,8 @@ def tagger_dev(model_dir: Path, tokenizer, config, data_file: str | None) -> Dev
     check_labels(tagged, task, "the dev file")
     rows = as_rows(model_inputs(encode(tagged.sentences, tokenizer, data.max_seq_length, data.stride), tokenizer))
     return DevSet("eval_f1",
-                  lambda model: evaluate_tagger(model, tokenizer, tagged.sentences, task, data.max_seq_length, data.stride, 32),
+                  lambda model: evaluate_tagger(model, tokenizer, tagged.sentences, task, data.max_seq_length, data.stride,
+                                                EXPORT_BATCH),
                   lambda model: predict_logits(model, tokenizer, rows, 32, per_token=True), rows, len(tagged.sentences))
 
 

@@ -4,7 +4,7 @@
   blank lines then skipped). The held-out split is whole documents, `validation_split_percentage` of them,
   chosen by the run's split seed, so no pair straddles the split.
 - Pairs (`pair_rows`): every two consecutive lines of a document, A then B; for half of them, drawn by the
-  `pairs` stream, B is a line of another document instead (`next_sentence_label` 1, as
+  `pairs` stream, B is a line of another document of the same `SHARD_LINES` lines instead (`next_sentence_label` 1, as
   `BertForPreTraining` reads it). Each row is `[CLS] A [SEP] B [SEP]`, cut to `max_seq_length` by taking
   tokens off the end of the longer segment first (BERT's `truncate_seq_pair`), built with numpy.
 - `PairCollator`: `MLMCollator`'s masks, plus token types (B's tokens are type 1) and the labels.
@@ -28,6 +28,7 @@ from bigmodel_cli.mlm.masking import MLMCollator
 from bigmodel_cli.seeds import derive_seed
 
 RANDOM_NEXT = 1  # BertForPreTraining's next_sentence_label: 0 B follows A, 1 B is a random sentence
+SHARD_LINES = 100_000  # lines paired at a time, random second sentences drawn among them: memory flat in the corpus
 
 
 def line_documents(lines, separator: str | None) -> tuple[np.ndarray, np.ndarray]:
@@ -117,10 +118,10 @@ def runs(lengths: np.ndarray) -> np.ndarray:
     return np.arange(int(lengths.sum())) - np.repeat(np.cumsum(lengths) - lengths, lengths)
 
 
-def pair_rows(ids, documents: np.ndarray, max_seq_length: int, cls_id: int, sep_id: int, key: int):
+def pair_rows(ids, documents: np.ndarray, max_seq_length: int, cls_id: int, sep_id: int, key: int, first_id: int = 0):
     """Rows of `[CLS] A [SEP] B [SEP]` (Arrow record batch): `input_ids`, `lengths` ([row length]),
-    `example_ids` ([pair number]: seeds its masks), `segment_a` (where B starts) and `next_sentence_label`.
-    `ids`: the lines' token ids (an Arrow list array, no special tokens)."""
+    `example_ids` ([pair number from `first_id`]: seeds its masks), `segment_a` (where B starts) and
+    `next_sentence_label`. `ids`: the lines' token ids (an Arrow list array, no special tokens)."""
     import pyarrow as pa
 
     ids = ids.combine_chunks() if isinstance(ids, pa.ChunkedArray) else ids
@@ -141,7 +142,7 @@ def pair_rows(ids, documents: np.ndarray, max_seq_length: int, cls_id: int, sep_
     return pa.record_batch([
         pa.ListArray.from_arrays(pa.array(starts.astype(np.int32)), pa.array(tokens)),
         pa.ListArray.from_arrays(each, pa.array(n.astype(np.int64))),
-        pa.ListArray.from_arrays(each, pa.array(np.arange(len(n), dtype=np.int64))),
+        pa.ListArray.from_arrays(each, pa.array(np.arange(first_id, first_id + len(n), dtype=np.int64))),
         pa.array((a + 2).astype(np.int64)),
         pa.array(label),
     ], names=["input_ids", "lengths", "example_ids", "segment_a", "next_sentence_label"])
@@ -160,13 +161,30 @@ def tokenize_pairs(recipe, tokenizer, lines, documents: np.ndarray, path, num_pr
 
     tokens = lines.map(encode, batched=True, remove_columns=lines.column_names, num_proc=num_proc,
                        desc="tokenizing", features=Features({"input_ids": List(Value("int32"))}))
-    key = derive_seed(recipe.training.seed, "pairs")
-    batch = pair_rows(tokens.data.table.column("input_ids"), documents, recipe.data.max_seq_length,
-                      tokenizer.cls_token_id, tokenizer.sep_token_id, key)
+    column = tokens.data.table.column("input_ids")
     path.parent.mkdir(parents=True, exist_ok=True)
-    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, batch.schema) as writer:
-        writer.write_batch(batch)
+    writer, made = None, 0
+    with pa.OSFile(str(path), "wb") as sink:
+        for number, (start, stop) in enumerate(shards(documents, SHARD_LINES)):
+            batch = pair_rows(column.slice(start, stop - start), documents[start:stop], recipe.data.max_seq_length,
+                              tokenizer.cls_token_id, tokenizer.sep_token_id,
+                              derive_seed(recipe.training.seed, "pairs", number), made)
+            writer = writer or pa.ipc.new_stream(sink, batch.schema)
+            writer.write_batch(batch)
+            made += batch.num_rows
+        writer.close()
     return Dataset.from_file(str(path))
+
+
+def shards(documents: np.ndarray, size: int) -> list[tuple[int, int]]:
+    """[start, stop) line ranges of about `size` lines each, cut where a document starts (a document longer
+    than `size` stays whole): pairs, and their random second sentences, are drawn shard by shard."""
+    starts = np.flatnonzero(np.concatenate([[True], documents[1:] != documents[:-1]]))
+    cuts = [0]
+    while cuts[-1] < len(documents):
+        after = np.searchsorted(starts, cuts[-1] + size)  # the first document to start `size` lines on
+        cuts.append(int(starts[after]) if after < len(starts) else len(documents))
+    return list(zip(cuts[:-1], cuts[1:]))
 
 
 class PairCollator(MLMCollator):
