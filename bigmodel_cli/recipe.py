@@ -86,6 +86,9 @@ class ProbeSection(Section):
     every: int | str = 500  # steps between probes, or seconds as "60s"
     train_samples: int = Field(2000, ge=10)  # training pairs the classifier is fitted on (a seeded sample)
     pooling: Literal["mean", "cls"] = "mean"  # features: the mean of the last layer's token states, or [CLS]'s
+    # a pair task: each sentence encoded alone, the classifier fed [u, v, |u-v|, u*v] (InferSent's features);
+    # false: the pair encoded together, as one input
+    pair_features: bool = True
     max_seq_length: int = Field(128, ge=8)  # tokens per example (at most data.max_seq_length)
 
     @field_validator("task")
@@ -299,6 +302,9 @@ class CorpusSection(Section):
     # model.objective mlm+nsp: a line matching this regular expression (the whole stripped line) ends a
     # document and is dropped, and blank lines are skipped; null: blank lines end documents
     document_separator: str | None = None
+    # mlm+nsp: the training pairs made this many times, each with other random second sentences (BERT's
+    # create_pretraining_data used 10): over many epochs of a small corpus, one set is learnt by heart
+    dupe_factor: int = Field(1, ge=1)
     # draw the training masks on the device (the same masks as on the host, no host work per line);
     # null: on a GPU only
     mask_on_device: bool | None = None
@@ -357,9 +363,11 @@ class PretrainRecipe(Section):
                     raise ValueError("data.packing is true but model.objective is mlm+nsp: each row is one sentence "
                                      "pair, whose [CLS] predicts the next sentence; set data.packing=false")
                 self.data.packing = False  # one pair per row, and the resolved recipe says so
-        elif self.data.document_separator is not None:
-            raise ValueError("data.document_separator splits documents for model.objective mlm+nsp; the masked LM "
-                             "alone reads lines: remove the key, or set model.objective=mlm+nsp")
+        elif self.data.document_separator is not None or self.data.dupe_factor != 1:
+            key = "document_separator splits documents" if self.data.document_separator is not None else \
+                "dupe_factor makes sentence pairs"
+            raise ValueError(f"data.{key} for model.objective mlm+nsp; the masked LM alone reads lines: remove the "
+                             "key, or set model.objective=mlm+nsp")
         if self.data.streaming:
             training = self.training
             if training.max_steps <= 0 and not training.time_budget:

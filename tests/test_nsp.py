@@ -91,6 +91,25 @@ def test_documents_end_at_blank_lines_or_at_the_separator(tmp_path):
     assert not set(corpus.documents["train"]) & set(corpus.documents["validation"])
 
 
+def test_dupe_factor_makes_the_training_pairs_again_with_other_random_second_sentences(pretrained):
+    from bigmodel_cli.commands.pretrain import prepare
+
+    def rows(dupe: int):
+        recipe = PretrainRecipe(model={"objective": "mlm+nsp"}, tokenizer={"name_or_path": str(pretrained)},
+                                data={"train_files": [str(TINY / "tiny-corpus.txt")], "dupe_factor": dupe})
+        return [split.to_dict() for split in prepare(recipe, None).rows]
+
+    (train, held_out), (train3, held_out3) = rows(1), rows(3)
+    assert held_out3 == held_out and len(train3["input_ids"]) == 3 * len(train["input_ids"])
+    n = len(train["input_ids"])
+    assert [e for ids in train3["example_ids"] for e in ids] == list(range(3 * n))
+    copies = [train3["input_ids"][k * n:(k + 1) * n] for k in range(3)]
+    labels = [train3["next_sentence_label"][k * n:(k + 1) * n] for k in range(3)]
+    assert copies[0] != copies[1] != copies[2] and labels[0] != labels[1]
+    for k in range(3):  # each copy draws its own half of random second sentences
+        assert 0.4 < sum(labels[k]) / n < 0.6
+
+
 @pytest.mark.parametrize("settings, message", [
     (["model.type=roberta"], "model.objective mlm+nsp trains a new bert model"),
     (["data.packing=true"], "data.packing is true but model.objective is mlm+nsp"),

@@ -63,6 +63,31 @@ def test_a_run_killed_while_probing_resumes_to_the_same_model_and_probe_figures(
     assert probes(run_dir) == probes(probed)
 
 
+@pytest.mark.parametrize("pair_features", [True, False])
+def test_probe_features_come_back_in_the_examples_order(pretrained, pair_features):
+    """Batches are sorted by length; each example's features are still its own (as encoded alone), and a
+    pair's are [u, v, |u-v|, u*v] of its sentences."""
+    import numpy as np
+    from datasets import Dataset
+    from transformers import AutoTokenizer, BertForMaskedLM
+
+    from bigmodel_cli.mlm.probe import Probe, combined, probe_inputs
+    from bigmodel_cli.recipe import ProbeSection
+
+    tokenizer, model = AutoTokenizer.from_pretrained(pretrained), BertForMaskedLM.from_pretrained(pretrained)
+    first = ["the house", "a strange old museum near the river", "the museum", "a car", "the village in the morning"]
+    second = ["a house", "the garden", "her brother found the narrow museum before dinner", "the boat", "a car"]
+    data = Dataset.from_dict({"sentence1": first, "sentence2": second, "label": [0, 1, 0, 1, 0]})
+    probe = Probe.__new__(Probe)
+    probe.settings, probe.bf16 = ProbeSection(pair_features=pair_features), False
+    together = combined([probe.features(model, *part) for part in probe_inputs(data, tokenizer, 64, pair_features)])
+    for i in range(len(first)):
+        alone = combined([probe.features(model, *part)
+                          for part in probe_inputs(data.select([i]), tokenizer, 64, pair_features)])
+        np.testing.assert_allclose(together[i], alone[0], atol=1e-5)
+    assert together.shape[1] == model.config.hidden_size * (4 if pair_features else 1)
+
+
 def test_the_probe_is_plotted_by_report(probed, tmp_path):
     result = run_cli("report", probed, "-o", tmp_path / "report")
     assert result.returncode == 0, result.stderr[-2000:]

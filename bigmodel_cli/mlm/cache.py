@@ -52,7 +52,7 @@ def corpus_identity(recipe: PretrainRecipe, corpus, splits: tuple[str, ...]) -> 
     identity["held_out"] = [data.validation_split_percentage, recipe.training.seed, data.max_train_samples,
                             data.max_eval_samples, bool(corpus.files.get("validation"))]
     if recipe.model.objective != "mlm":  # whole documents held out, and the pairs made of them
-        identity["documents"] = [recipe.model.objective, data.document_separator]
+        identity["documents"] = [recipe.model.objective, data.document_separator, data.dupe_factor]
     return identity
 
 

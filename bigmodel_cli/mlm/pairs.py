@@ -148,8 +148,9 @@ def pair_rows(ids, documents: np.ndarray, max_seq_length: int, cls_id: int, sep_
     ], names=["input_ids", "lengths", "example_ids", "segment_a", "next_sentence_label"])
 
 
-def tokenize_pairs(recipe, tokenizer, lines, documents: np.ndarray, path, num_proc: int | None = None):
-    """A split's lines -> its pair rows, written to `path` (Arrow) and memory-mapped from there."""
+def tokenize_pairs(recipe, tokenizer, lines, documents: np.ndarray, path, num_proc: int | None = None, copies: int = 1):
+    """A split's lines -> its pair rows, written to `path` (Arrow) and memory-mapped from there; made
+    `copies` times, each with other random second sentences (`data.dupe_factor`)."""
     import pyarrow as pa
     from datasets import Dataset, Features, List, Value
 
@@ -165,13 +166,14 @@ def tokenize_pairs(recipe, tokenizer, lines, documents: np.ndarray, path, num_pr
     path.parent.mkdir(parents=True, exist_ok=True)
     writer, made = None, 0
     with pa.OSFile(str(path), "wb") as sink:
-        for number, (start, stop) in enumerate(shards(documents, SHARD_LINES)):
-            batch = pair_rows(column.slice(start, stop - start), documents[start:stop], recipe.data.max_seq_length,
-                              tokenizer.cls_token_id, tokenizer.sep_token_id,
-                              derive_seed(recipe.training.seed, "pairs", number), made)
-            writer = writer or pa.ipc.new_stream(sink, batch.schema)
-            writer.write_batch(batch)
-            made += batch.num_rows
+        for copy in range(copies):
+            for number, (start, stop) in enumerate(shards(documents, SHARD_LINES)):
+                batch = pair_rows(column.slice(start, stop - start), documents[start:stop], recipe.data.max_seq_length,
+                                  tokenizer.cls_token_id, tokenizer.sep_token_id,
+                                  derive_seed(recipe.training.seed, "pairs", copy, number), made)
+                writer = writer or pa.ipc.new_stream(sink, batch.schema)
+                writer.write_batch(batch)
+                made += batch.num_rows
         writer.close()
     return Dataset.from_file(str(path))
 

@@ -27,10 +27,11 @@ from bigmodel_cli.seeds import derive_seed
 BATCH = 64  # examples per forward pass
 
 
-def probe_note(probe: ProbeSection, examples: tuple[int, int]) -> str:
+def probe_note(probe: ProbeSection, examples: tuple[int, int], pairs: bool) -> str:
     """What the run header says of the probe."""
     every = f"every {probe.every}" if isinstance(probe.every, str) else f"every {probe.every} steps"
-    return (f"probe: {probe.task} {every} ({probe.pooling} features of {examples[0]} training examples, "
+    kind = f"{probe.pooling} features" + (" of each sentence, [u, v, |u-v|, u*v]," if pairs else "")
+    return (f"probe: {probe.task} {every} ({kind} of {examples[0]} training examples, "
             f"scored on {examples[1]} dev examples)")
 
 
@@ -48,9 +49,9 @@ def probe_examples(probe: ProbeSection, seed: int):
     return train, dev
 
 
-def encoded_batches(dataset, tokenizer, max_length: int) -> tuple[list[dict], np.ndarray]:
-    """Padded batches of the examples, sorted by length (their order: the second value)."""
-    texts = [list(dataset[c]) for c in ("sentence1", "sentence2") if c in dataset.column_names]
+def encoded_batches(texts: list[list[str]], tokenizer, max_length: int) -> tuple[list[dict], np.ndarray]:
+    """Padded batches of the examples (`texts`: one list per text column, encoded together), sorted by
+    length, and that order (the example of each row of the batches, in turn)."""
     encoded = tokenizer(*texts, truncation=True, max_length=max_length)
     order = np.argsort([len(ids) for ids in encoded["input_ids"]], kind="stable")
     keys = [k for k in ("input_ids", "attention_mask", "token_type_ids") if k in encoded]
@@ -62,6 +63,24 @@ def encoded_batches(dataset, tokenizer, max_length: int) -> tuple[list[dict], np
     return batches, order
 
 
+def probe_inputs(dataset, tokenizer, max_length: int, pair_features: bool) -> list[tuple[list[dict], np.ndarray]]:
+    """What the encoder reads of each example: the text, or the pair encoded together, as one input; or,
+    with `pair_features`, each sentence of a pair as an input of its own."""
+    columns = [list(dataset[c]) for c in ("sentence1", "sentence2") if c in dataset.column_names]
+    if pair_features and len(columns) == 2:
+        return [encoded_batches([column], tokenizer, max_length) for column in columns]
+    return [encoded_batches(columns, tokenizer, max_length)]
+
+
+def combined(parts: list[np.ndarray]) -> np.ndarray:
+    """One input's features as they are; a pair's two, u and v, as InferSent's [u, v, |u - v|, u * v], with
+    which a linear classifier can weigh how alike the two sentences are."""
+    if len(parts) == 1:
+        return parts[0]
+    u, v = parts
+    return np.concatenate([u, v, np.abs(u - v), u * v], axis=1)
+
+
 class Probe(TrainerCallback):
     """`training.probe` as a callback of the pretraining Trainer (`attach` it to the trainer, which logs)."""
 
@@ -69,10 +88,10 @@ class Probe(TrainerCallback):
         self.settings = probe
         train, dev = probe_examples(probe, seed)
         length = min(probe.max_seq_length, max_seq_length)
-        self.train_batches, train_order = encoded_batches(train, tokenizer, length)
-        self.dev_batches, dev_order = encoded_batches(dev, tokenizer, length)
-        self.train_labels = np.asarray(list(train["label"]))[train_order]
-        self.dev_labels = np.asarray(list(dev["label"]))[dev_order]
+        self.train_inputs = probe_inputs(train, tokenizer, length, probe.pair_features)
+        self.dev_inputs = probe_inputs(dev, tokenizer, length, probe.pair_features)
+        self.train_labels = np.asarray(list(train["label"]))
+        self.dev_labels = np.asarray(list(dev["label"]))
         self.classes = len(set(self.train_labels.tolist()) | set(self.dev_labels.tolist()))
         self.majority = float(np.bincount(self.dev_labels).max() / len(self.dev_labels))
         self.examples = (len(train), len(dev))
@@ -131,7 +150,8 @@ class Probe(TrainerCallback):
         from sklearn.pipeline import make_pipeline
         from sklearn.preprocessing import StandardScaler
 
-        train, dev = self.features(model, self.train_batches), self.features(model, self.dev_batches)
+        train, dev = (combined([self.features(model, *part) for part in inputs])
+                      for inputs in (self.train_inputs, self.dev_inputs))
         classifier = make_pipeline(StandardScaler(), LogisticRegression(max_iter=2000))
         classifier.fit(train, self.train_labels)
         predicted = classifier.predict(dev)
@@ -140,9 +160,10 @@ class Probe(TrainerCallback):
                 "probe_f1": round(float(f1_score(self.dev_labels, predicted, average=average)), 4)}
 
     @torch.no_grad()
-    def features(self, model, batches: list[dict]) -> np.ndarray:
-        """The encoder's features of each example: no gradients, eval mode (no dropout), the random state
-        restored after (nothing here draws from it, and nothing could)."""
+    def features(self, model, batches: list[dict], order: np.ndarray) -> np.ndarray:
+        """The encoder's features of each example (`batches` hold them in `order`; returned in the examples'
+        own order): no gradients, eval mode (no dropout), the random state restored after (nothing here
+        draws from it, and nothing could)."""
         encoder = getattr(model, "module", model).base_model  # BertModel, RobertaModel, ModernBertModel
         device = next(encoder.parameters()).device
         accepted = inspect.signature(encoder.forward).parameters
@@ -163,7 +184,9 @@ class Probe(TrainerCallback):
                     out.append(pooled.cpu().numpy())
         finally:
             model.train(was_training)
-        return np.concatenate(out)
+        features = np.empty((len(order), out[0].shape[1]), dtype=np.float32)
+        features[order] = np.concatenate(out)
+        return features
 
     def metrics(self, train_seconds: float) -> dict[str, float]:
         """The end of the run's figures for metrics.json: the last probe's, and what probing cost."""

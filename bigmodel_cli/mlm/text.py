@@ -225,7 +225,8 @@ def tokenize_corpus(recipe: PretrainRecipe, tokenizer, corpus: Corpus, packing: 
             start = time.perf_counter()
             for split in splits:
                 tokenize_pairs(recipe, tokenizer, raw[split], corpus.documents[split], staging / f"{split}.arrow",
-                               preprocessing_processes(recipe, len(raw[split])))
+                               preprocessing_processes(recipe, len(raw[split])),
+                               recipe.data.dupe_factor if split == "train" else 1)
             seconds["tokenize"] += time.perf_counter() - start
 
         cache.build(folder, fill)
