@@ -88,6 +88,26 @@ def test_probe_features_come_back_in_the_examples_order(pretrained, pair_feature
     assert together.shape[1] == model.config.hidden_size * (4 if pair_features else 1)
 
 
+def test_a_probe_every_n_seconds_comes_when_they_have_passed(monkeypatch):
+    from bigmodel_cli.mlm import probe as module
+    from bigmodel_cli.recipe import ProbeSection
+
+    probe = module.Probe.__new__(module.Probe)
+    probe.settings = ProbeSection(every="60s")
+    assert ProbeSection(every=" 90S").every == "90s" and probe.settings.seconds() == 60.0
+    now = [1000.0]
+    monkeypatch.setattr(module.time, "monotonic", lambda: now[0])
+    probe.last_time = 1000.0
+    assert not probe.due(7)
+    now[0] = 1059.9
+    assert not probe.due(8)
+    now[0] = 1060.0
+    assert probe.due(9)
+    steps = module.Probe.__new__(module.Probe)
+    steps.settings = ProbeSection(every=50)
+    assert [s for s in range(1, 201) if steps.due(s)] == [50, 100, 150, 200]
+
+
 def test_the_probe_is_plotted_by_report(probed, tmp_path):
     result = run_cli("report", probed, "-o", tmp_path / "report")
     assert result.returncode == 0, result.stderr[-2000:]
