@@ -66,4 +66,4 @@ def test_held_out_perplexity_reads_its_sums_back_once(pretrained, tmp_path, monk
     monkeypatch.setattr(torch.Tensor, "cpu", counting)
     got = evaluate_mlm_on(str(pretrained), str(text), 4)
     assert got == expected and got["eval_masked_tokens"] > 0
-    assert reads == [(2,)], reads  # [loss sum, masked tokens], once, not twice per batch
+    assert reads == [(4,)], reads  # [loss sum, masked tokens, next sentences right, pairs], once, not per batch

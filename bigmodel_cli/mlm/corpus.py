@@ -322,7 +322,7 @@ def file_order_columns(dataset):
     import pyarrow as pa
     from datasets.table import ConcatenationTable, MemoryMappedTable
 
-    table = dataset.data
+    table = getattr(dataset, "data", None)  # an IterableDataset (a stream) has none: read as it is
     if isinstance(table, MemoryMappedTable):
         parts = [table]
     elif isinstance(table, ConcatenationTable) and all(len(row) == 1 for row in table.blocks):
