@@ -19,12 +19,17 @@ import codecs
 import glob
 import gzip
 import json
+import re
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from bigmodel_cli.errors import BigmodelError
 from bigmodel_cli.recipe import PretrainRecipe
 from bigmodel_cli.seeds import derive_seed
+
+if TYPE_CHECKING:
+    import numpy as np
 
 COMPRESSED = (".gz", ".zst", ".zstd")
 JSON_LINES = (".jsonl", ".json", ".ndjson")
@@ -246,8 +251,6 @@ def load_corpus(recipe: PretrainRecipe) -> Corpus:
         if data.text_column != "text":
             raw = raw.rename_column(data.text_column, "text")
     if recipe.model.objective == "mlm+nsp":  # documents, whose consecutive lines make the sentence pairs
-        from bigmodel_cli.mlm.pairs import document_splits
-
         lines, documents = document_splits(raw, recipe)
         return Corpus(DatasetDict(lines), files, notes, documents=documents)
     raw = DatasetDict({split: non_blank(lines) for split, lines in raw.items()})
@@ -385,6 +388,63 @@ def non_blank(dataset):
                            for batch in batches] or [np.zeros(0, dtype=bool)])
     return dataset if keep.all() else dataset.select(np.flatnonzero(keep))
 
+
+def line_documents(lines, separator: str | None) -> tuple[np.ndarray, np.ndarray]:
+    """(the rows of `lines` that are text, their document numbers): blank lines end a document, or, with
+    `separator` (a regular expression), the lines it matches whole (stripped), blank lines then skipped."""
+    import numpy as np
+
+    pattern = re.compile(separator) if separator else None
+    batches = file_order_batches(lines, 10_000) if lines._indices is None else None
+    if batches is None:
+        batches = (batch["text"] for batch in lines.iter(batch_size=10_000))
+    rows, documents, document, row = [], [], 0, 0
+    for batch in batches:
+        for text in batch:
+            stripped = (text or "").strip()
+            if (not stripped) if pattern is None else (stripped and pattern.fullmatch(stripped)):
+                document += 1
+            elif stripped:
+                rows.append(row)
+                documents.append(document)
+            row += 1
+    return np.asarray(rows, dtype=np.int64), np.asarray(documents, dtype=np.int64)
+
+
+def document_splits(raw: dict, recipe) -> tuple[dict, dict]:
+    """The training and held-out lines (text only, in file order) and their documents' numbers: held-out
+    documents from `data.eval_files`, else `validation_split_percentage` of the training file's documents.
+    `model.objective: mlm+nsp` reads its corpus so: consecutive lines of a document make its sentence pairs."""
+    import numpy as np
+
+    data, seed = recipe.data, recipe.training.seed
+    lines, documents = {}, {}
+    for split in raw:
+        rows, documents[split] = line_documents(raw[split], data.document_separator)
+        lines[split] = raw[split].select(rows)
+    if "validation" not in raw:
+        names = np.unique(documents["train"])
+        if len(names) < 3:
+            raise BigmodelError(
+                f"model.objective mlm+nsp: the corpus holds {len(names)} document{'s' if len(names) != 1 else ''}; "
+                "held-out pairs and random next sentences need at least 3 (blank lines end a document, or set "
+                "data.document_separator)")
+        held = max(1, round(len(names) * data.validation_split_percentage / 100))
+        chosen = np.random.default_rng(derive_seed(seed, "split")).choice(names, held, replace=False)
+        out = np.isin(documents["train"], chosen)
+        lines["validation"] = lines["train"].select(np.flatnonzero(out))
+        lines["train"] = lines["train"].select(np.flatnonzero(~out))
+        documents["validation"], documents["train"] = documents["train"][out], documents["train"][~out]
+    for split, limit in (("train", data.max_train_samples), ("validation", data.max_eval_samples)):
+        if limit and limit < len(lines[split]):
+            lines[split], documents[split] = lines[split].select(range(limit)), documents[split][:limit]
+        if not (documents[split][1:] == documents[split][:-1]).any() or len(np.unique(documents[split])) < 2:
+            key = "data.eval_files" if split == "validation" and data.eval_files else "the corpus"
+            raise BigmodelError(
+                f"model.objective mlm+nsp: {key} has no two documents with a pair of consecutive lines in its "
+                f"{'held-out' if split == 'validation' else 'training'} part; sentence pairs come from consecutive "
+                "lines of a document (blank lines end one, or set data.document_separator)")
+    return lines, documents
 
 STREAM_HELD_OUT_LINES = 1000  # held out from the stream's start when no data.eval_files are given
 STREAM_TOKENIZER_LINES = 1_000_000  # a streamed corpus trains its tokenizer on this many of its first lines

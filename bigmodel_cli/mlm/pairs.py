@@ -1,8 +1,8 @@
 """BERT's own pretraining (`model.objective: mlm+nsp`): sentence pairs, masked and told apart.
 
-- Documents: blank lines end a document (or lines matching `data.document_separator`, which are dropped,
-  blank lines then skipped). The held-out split is whole documents, `validation_split_percentage` of them,
-  chosen by the run's split seed, so no pair straddles the split.
+- Documents (`corpus.document_splits`): blank lines end a document (or lines matching
+  `data.document_separator`, which are dropped, blank lines then skipped). The held-out split is whole
+  documents, `validation_split_percentage` of them, chosen by the run's split seed.
 - Pairs (`pair_rows`): every two consecutive lines of a document, A then B; for half of them, drawn by the
   `pairs` stream, B is a line of another document of the same `SHARD_LINES` lines instead (`next_sentence_label` 1, as
   `BertForPreTraining` reads it). Each row is `[CLS] A [SEP] B [SEP]`, cut to `max_seq_length` by taking
@@ -14,7 +14,6 @@
 
 from __future__ import annotations
 
-import re
 from dataclasses import dataclass
 
 import numpy as np
@@ -23,67 +22,12 @@ import torch.nn.functional as F
 from transformers import BertForPreTraining
 from transformers.utils import ModelOutput
 
-from bigmodel_cli.errors import BigmodelError
+from bigmodel_cli.mlm.corpus import MAX_LINE_CHARS
 from bigmodel_cli.mlm.masking import MLMCollator
 from bigmodel_cli.seeds import derive_seed
 
 RANDOM_NEXT = 1  # BertForPreTraining's next_sentence_label: 0 B follows A, 1 B is a random sentence
 SHARD_LINES = 100_000  # lines paired at a time, random second sentences drawn among them: memory flat in the corpus
-
-
-def line_documents(lines, separator: str | None) -> tuple[np.ndarray, np.ndarray]:
-    """(the rows of `lines` that are text, their document numbers): blank lines end a document, or, with
-    `separator` (a regular expression), the lines it matches whole (stripped), blank lines then skipped."""
-    from bigmodel_cli.mlm.corpus import file_order_batches
-
-    pattern = re.compile(separator) if separator else None
-    batches = file_order_batches(lines, 10_000) if lines._indices is None else None
-    if batches is None:
-        batches = (batch["text"] for batch in lines.iter(batch_size=10_000))
-    rows, documents, document, row = [], [], 0, 0
-    for batch in batches:
-        for text in batch:
-            stripped = (text or "").strip()
-            if (not stripped) if pattern is None else (stripped and pattern.fullmatch(stripped)):
-                document += 1
-            elif stripped:
-                rows.append(row)
-                documents.append(document)
-            row += 1
-    return np.asarray(rows, dtype=np.int64), np.asarray(documents, dtype=np.int64)
-
-
-def document_splits(raw: dict, recipe) -> tuple[dict, dict]:
-    """The training and held-out lines (text only, in file order) and their documents' numbers: held-out
-    documents from `data.eval_files`, else `validation_split_percentage` of the training file's documents."""
-    data, seed = recipe.data, recipe.training.seed
-    lines, documents = {}, {}
-    for split in raw:
-        rows, documents[split] = line_documents(raw[split], data.document_separator)
-        lines[split] = raw[split].select(rows)
-    if "validation" not in raw:
-        names = np.unique(documents["train"])
-        if len(names) < 3:
-            raise BigmodelError(
-                f"model.objective mlm+nsp: the corpus holds {len(names)} document{'s' if len(names) != 1 else ''}; "
-                "held-out pairs and random next sentences need at least 3 (blank lines end a document, or set "
-                "data.document_separator)")
-        held = max(1, round(len(names) * data.validation_split_percentage / 100))
-        chosen = np.random.default_rng(derive_seed(seed, "split")).choice(names, held, replace=False)
-        out = np.isin(documents["train"], chosen)
-        lines["validation"] = lines["train"].select(np.flatnonzero(out))
-        lines["train"] = lines["train"].select(np.flatnonzero(~out))
-        documents["validation"], documents["train"] = documents["train"][out], documents["train"][~out]
-    for split, limit in (("train", data.max_train_samples), ("validation", data.max_eval_samples)):
-        if limit and limit < len(lines[split]):
-            lines[split], documents[split] = lines[split].select(range(limit)), documents[split][:limit]
-        if not (documents[split][1:] == documents[split][:-1]).any() or len(np.unique(documents[split])) < 2:
-            key = "data.eval_files" if split == "validation" and data.eval_files else "the corpus"
-            raise BigmodelError(
-                f"model.objective mlm+nsp: {key} has no two documents with a pair of consecutive lines in its "
-                f"{'held-out' if split == 'validation' else 'training'} part; sentence pairs come from consecutive "
-                "lines of a document (blank lines end one, or set data.document_separator)")
-    return lines, documents
 
 
 def pairs(documents: np.ndarray, key: int) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
@@ -153,8 +97,6 @@ def tokenize_pairs(recipe, tokenizer, lines, documents: np.ndarray, path, num_pr
     `copies` times, each with other random second sentences (`data.dupe_factor`)."""
     import pyarrow as pa
     from datasets import Dataset, Features, List, Value
-
-    from bigmodel_cli.mlm.corpus import MAX_LINE_CHARS
 
     def encode(batch):  # one row per line (a pair's segment is cut to fit anyway)
         texts = [t[:MAX_LINE_CHARS] for t in batch["text"]]
