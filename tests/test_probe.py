@@ -108,6 +108,23 @@ def test_a_probe_every_n_seconds_comes_when_they_have_passed(monkeypatch):
     assert [s for s in range(1, 201) if steps.due(s)] == [50, 100, 150, 200]
 
 
+def test_a_run_stopped_by_a_signal_ends_without_a_last_probe():
+    from types import SimpleNamespace
+
+    from bigmodel_cli.mlm.probe import Probe
+
+    probed = []
+    probe = Probe.__new__(Probe)
+    probe.run = lambda model, state: probed.append(state.global_step)
+    probe.last_step, state = 10, SimpleNamespace(global_step=13)
+    probe.stop = SimpleNamespace(stopped_by="SIGTERM")
+    probe.on_train_end(None, state, None)
+    assert probed == []
+    probe.stop = SimpleNamespace(stopped_by=None)  # the end of the steps or the budget: the last model probed
+    probe.on_train_end(None, state, None)
+    assert probed == [13]
+
+
 def test_the_probe_is_plotted_by_report(probed, tmp_path):
     result = run_cli("report", probed, "-o", tmp_path / "report")
     assert result.returncode == 0, result.stderr[-2000:]

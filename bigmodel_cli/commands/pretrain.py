@@ -144,7 +144,8 @@ def run(recipe: PretrainRecipe, run_dir: Path, resume_from: Path | None = None, 
     if recipe.training.probe is not None:
         from bigmodel_cli.mlm.probe import Probe, probe_note
 
-        probe = Probe(recipe.training.probe, tokenizer, seed, recipe.data.max_seq_length, bf16=recipe.training.bf16)
+        probe = Probe(recipe.training.probe, tokenizer, seed, recipe.data.max_seq_length, bf16=recipe.training.bf16,
+                      stop=stop)
         notes.append(probe_note(recipe.training.probe, probe.examples, len(probe.train_inputs) == 2))
     header = RunHeader("pretrain", f"{trained}, eval {len(raw['validation'])} lines", quiet, budget, notes)
     probability, words = recipe.data.mlm_probability, recipe.data.whole_word_masking

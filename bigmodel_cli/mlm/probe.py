@@ -84,8 +84,10 @@ def combined(parts: list[np.ndarray]) -> np.ndarray:
 class Probe(TrainerCallback):
     """`training.probe` as a callback of the pretraining Trainer (`attach` it to the trainer, which logs)."""
 
-    def __init__(self, probe: ProbeSection, tokenizer, seed: int, max_seq_length: int, bf16: bool = False):
+    def __init__(self, probe: ProbeSection, tokenizer, seed: int, max_seq_length: int, bf16: bool = False,
+                 stop=None):
         self.settings = probe
+        self.stop = stop  # the run's GracefulStop: a run stopped by a signal ends without a last probe
         train, dev = probe_examples(probe, seed)
         length = min(probe.max_seq_length, max_seq_length)
         self.train_inputs = probe_inputs(train, tokenizer, length, probe.pair_features)
@@ -125,6 +127,8 @@ class Probe(TrainerCallback):
             self.run(model, state)
 
     def on_train_end(self, args, state, control, model=None, **kwargs):
+        if getattr(self.stop, "stopped_by", None):  # saved and leaving within the signal's grace: no probe
+            return
         if self.last_step != state.global_step:  # the model the run ends with
             self.run(model, state)
 
