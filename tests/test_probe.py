@@ -108,6 +108,14 @@ def test_a_probe_every_n_seconds_comes_when_they_have_passed(monkeypatch):
     assert [s for s in range(1, 201) if steps.due(s)] == [50, 100, 150, 200]
 
 
+def test_the_run_header_states_the_probe_as_written(tmp_path):
+    """The header's notes are plain text: InferSent's [u, v, ...] is not taken for markup and dropped."""
+    result = run_cli(*[x for x in PRETRAIN if x != "-q"], *PROBE, "--set", "training.max_steps=2", "-o", tmp_path / "run")
+    assert result.returncode == 0, result.stderr[-2000:]
+    assert "probe: mrpc every 10 steps (mean features of each sentence, [u, v, |u-v|, u*v], of 160 training " \
+           "examples, scored on 48 dev examples)" in result.stderr
+
+
 def test_a_run_stopped_by_a_signal_ends_without_a_last_probe():
     from types import SimpleNamespace
 

@@ -148,6 +148,7 @@ class RunHeader(TrainerCallback):
         if self.quiet or not state.is_world_process_zero:
             return
         from rich.console import Console
+        from rich.markup import escape
 
         processes = world_size()
         batch = args.per_device_train_batch_size * args.gradient_accumulation_steps * processes
@@ -158,11 +159,11 @@ class RunHeader(TrainerCallback):
         budget = self.budget
         steps = f"until the {budget.seconds:g} s budget runs out" if budget else f"{state.max_steps} steps"
         name = type(model).__name__.removeprefix("SparseHead")  # saved as the plain class
-        Console(stderr=True).print(
-            f"[bold]bigmodel {self.job}[/bold]: {name} {params / 1e6:.2f}M parameters | {self.data} | "
+        Console(stderr=True).print(  # the data and notes are plain text: a [bracket] in them is no markup
+            f"[bold]bigmodel {self.job}[/bold]: {name} {params / 1e6:.2f}M parameters | {escape(self.data)} | "
             f"{device}, {precision}, {torch.get_num_threads()} threads | effective batch {batch} "
             f"({args.per_device_train_batch_size} x {args.gradient_accumulation_steps} accumulation x {processes} "
-            f"process{'es' if processes > 1 else ''}{engine()}) | {steps}" + "".join(f" | {note}" for note in self.notes),
+            f"process{'es' if processes > 1 else ''}{engine()}) | {steps}" + "".join(f" | {escape(note)}" for note in self.notes),
             highlight=False,
             soft_wrap=True,  # one line, however narrow the terminal: logs and greps keep it whole
         )
