@@ -142,11 +142,11 @@ def run(recipe: PretrainRecipe, run_dir: Path, resume_from: Path | None = None, 
                else "train a stream" if streaming else f"train {len(raw['train'])} lines in {len(train_rows)} sequences")
     probe = None
     if recipe.training.probe is not None:
-        from bigmodel_cli.mlm.probe import Probe, probe_note
+        from bigmodel_cli.mlm.probe import Probe
 
         probe = Probe(recipe.training.probe, tokenizer, seed, recipe.data.max_seq_length, bf16=recipe.training.bf16,
                       stop=stop)
-        notes.append(probe_note(recipe.training.probe, probe.examples, len(probe.train_inputs) == 2))
+        notes.append(probe.note())
     header = RunHeader("pretrain", f"{trained}, eval {len(raw['validation'])} lines", quiet, budget, notes)
     probability, words = recipe.data.mlm_probability, recipe.data.whole_word_masking
     collator = MLMCollator

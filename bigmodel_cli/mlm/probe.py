@@ -27,14 +27,6 @@ from bigmodel_cli.seeds import derive_seed
 BATCH = 64  # examples per forward pass
 
 
-def probe_note(probe: ProbeSection, examples: tuple[int, int], pairs: bool) -> str:
-    """What the run header says of the probe."""
-    every = f"every {probe.every}" if isinstance(probe.every, str) else f"every {probe.every} steps"
-    kind = f"{probe.pooling} features" + (" of each sentence, [u, v, |u-v|, u*v]," if pairs else "")
-    return (f"probe: {probe.task} {every} ({kind} of {examples[0]} training examples, "
-            f"scored on {examples[1]} dev examples)")
-
-
 def probe_examples(probe: ProbeSection, seed: int):
     """The task's training sample and dev split (datasets of `sentence1` [, `sentence2`], `label`)."""
     from bigmodel_cli.classification.data import load_glue
@@ -103,6 +95,14 @@ class Probe(TrainerCallback):
         self.last: dict[str, float] = {}
         self.last_step: int | None = None
         self.last_time: float | None = None
+
+    def note(self) -> str:
+        """What the run header says of the probe."""
+        probe, (train, dev) = self.settings, self.examples
+        every = f"every {probe.every}" if isinstance(probe.every, str) else f"every {probe.every} steps"
+        pairs = len(self.train_inputs) == 2  # each sentence of a pair read alone
+        kind = f"{probe.pooling} features" + (" of each sentence, [u, v, |u-v|, u*v]," if pairs else "")
+        return f"probe: {probe.task} {every} ({kind} of {train} training examples, scored on {dev} dev examples)"
 
     def attach(self, trainer) -> None:
         if trainer.model_sharded:
