@@ -15,7 +15,7 @@ import numpy as np
 
 from bigmodel_cli.console import say, shown
 from bigmodel_cli.errors import BigmodelError
-from bigmodel_cli.exported import EXPORT_BATCH, INT8_FILE, ONNX_FILE, OnnxModel
+from bigmodel_cli.exported import BATCH, EXPORT_BATCH, INT8_FILE, ONNX_FILE, OnnxModel
 from bigmodel_cli.rundir import RECIPE_FILE, write_json
 
 PARITY = 1e-4  # the largest difference of a logit between torch and onnxruntime in fp32
@@ -77,7 +77,7 @@ def classifier_dev(model_dir: Path, tokenizer, config, data_dir: str | None, dat
                                            if c in features.column_names]))
     return DevSet(f"eval_{task.best_metric}",
                   lambda model: evaluate_classifier(model, tokenizer, features, task, EXPORT_BATCH),
-                  lambda model: list(predict_logits(model, tokenizer, features, 32)), rows, len(features))
+                  lambda model: list(predict_logits(model, tokenizer, features, BATCH)), rows, len(features))
 
 
 def tagger_dev(model_dir: Path, tokenizer, config, data_file: str | None) -> DevSet:
@@ -98,7 +98,7 @@ def tagger_dev(model_dir: Path, tokenizer, config, data_file: str | None) -> Dev
     return DevSet("eval_f1",
                   lambda model: evaluate_tagger(model, tokenizer, tagged.sentences, task, data.max_seq_length, data.stride,
                                                 EXPORT_BATCH),
-                  lambda model: predict_logits(model, tokenizer, rows, 32, per_token=True), rows, len(tagged.sentences))
+                  lambda model: predict_logits(model, tokenizer, rows, BATCH, per_token=True), rows, len(tagged.sentences))
 
 
 def speed(path: Path, config, tokenizer, rows: list[dict], batch: int, most: int = 256) -> float:
