@@ -30,9 +30,12 @@ BATCH = 64  # examples per forward pass
 def probe_examples(probe: ProbeSection, seed: int):
     """The task's training sample and dev split (datasets of `sentence1` [, `sentence2`], `label`)."""
     from bigmodel_cli.classification.data import load_glue
-    from bigmodel_cli.classification.tasks import get_task
+    from bigmodel_cli.classification.tasks import TASKS
 
-    task = get_task(probe.task)
+    task = TASKS.get(probe.task.lower())
+    if task is None or task.is_regression:
+        choices = ", ".join(name for name, t in TASKS.items() if not t.is_regression)
+        raise BigmodelError(f"training.probe.task '{probe.task}': the probe fits a classifier; choose one of {choices}")
     train = load_glue(task, "train", probe.data_dir)
     dev = load_glue(task, task.eval_split, probe.data_dir)
     if len(train) > probe.train_samples:  # a sample of its own generator: the training's streams untouched
