@@ -41,3 +41,68 @@ def test_freed_memory_is_reused_without_page_faults():
     off, faults_off = probe("0")
     assert off == "False"
     assert faults_off > 10 * 16_000 * 0.9  # stock malloc: 16 384 fresh 4 KB pages for each tensor
+
+
+def mapping(path) -> tuple[int, set[str]]:
+    """kB of `path`'s memory maps resident in this process, and their VmFlags."""
+    rss, flags, current = 0, set(), None
+    with open("/proc/self/smaps") as smaps:
+        for line in smaps:
+            fields = line.split()
+            if len(fields) >= 5 and "-" in fields[0] and ":" in fields[3]:
+                current = fields[5] if len(fields) > 5 else ""
+            elif current == str(path) and fields[0] == "Rss:":
+                rss += int(fields[1])
+            elif current == str(path) and fields[0] == "VmFlags:":
+                flags.update(fields[1:])
+    return rss, flags
+
+
+def rows_file(path, rows: int = 40_000):
+    """Packed rows as `tokenize_corpus` writes them (int32 ids, an Arrow stream), memory-mapped."""
+    import numpy as np
+    import pyarrow as pa
+    from datasets import Dataset
+
+    ids = np.arange(rows * 128, dtype=np.int32) % 1000 + 5
+    offsets = pa.array(np.arange(0, rows * 128 + 1, 128, dtype=np.int32))
+    one = pa.array(np.arange(rows + 1, dtype=np.int32))
+    table = pa.table({"input_ids": pa.ListArray.from_arrays(offsets, pa.array(ids)),
+                      "lengths": pa.ListArray.from_arrays(one, pa.array(np.full(rows, 128, dtype=np.int64))),
+                      "example_ids": pa.ListArray.from_arrays(one, pa.array(np.arange(rows, dtype=np.int64)))})
+    with pa.OSFile(str(path), "wb") as sink, pa.ipc.new_stream(sink, table.schema) as writer:
+        writer.write_table(table)
+    return Dataset.from_file(str(path))
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise and /proc/self/smaps: Linux")
+def test_pages_read_through_a_memory_map_leave_the_process_and_the_data_stays(tmp_path):
+    from bigmodel_cli.memory import MappedPages
+
+    rows = rows_file(tmp_path / "rows.arrow")
+    first = rows[:]["input_ids"]  # every page read through the map
+    assert mapping(tmp_path / "rows.arrow")[0] > 15_000  # 20 MB of ids: resident
+    MappedPages(every=3)()  # the first call releases
+    assert mapping(tmp_path / "rows.arrow")[0] < 1_000
+    assert rows[:]["input_ids"] == first  # read again from the file, the same
+    assert mapping(tmp_path / "rows.arrow")[0] > 15_000
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise and /proc/self/smaps: Linux")
+def test_the_collator_keeps_rows_drawn_at_random_out_of_resident_memory(tmp_path):
+    import numpy as np
+    from transformers import BertTokenizerFast
+
+    from bigmodel_cli.mlm.masking import MLMCollator
+
+    vocab = {t: i for i, t in enumerate(["[PAD]", "[UNK]", "[CLS]", "[SEP]", "[MASK]", *map(str, range(1000))])}
+    collator = MLMCollator(BertTokenizerFast(vocab=vocab))
+    rows, path = rows_file(tmp_path / "rows.arrow"), tmp_path / "rows.arrow"
+    draws = np.random.default_rng(0).integers(0, len(rows), (collator.read.every * 3 + 1, 64))
+    resident = []
+    for number, batch in enumerate(draws):
+        collator(rows.__getitems__(batch.tolist()))
+        if number % collator.read.every == 0:  # the collator released the map just now
+            resident.append(mapping(path)[0])
+    assert "rr" in mapping(path)[1]  # no read-around: a random row pulls in its own pages only
+    assert max(resident) < 1_000, resident

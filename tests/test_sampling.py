@@ -5,7 +5,10 @@ from __future__ import annotations
 
 import pytest
 
-from bigmodel_cli.trainer.sampling import SeededLengthGroupedSampler, SeededRandomSampler, whole_batches
+import torch
+
+from bigmodel_cli.trainer import sampling
+from bigmodel_cli.trainer.sampling import SeededLengthGroupedSampler, SeededRandomSampler, order_generator, whole_batches
 
 
 @pytest.mark.parametrize("size, batch", [(284, 16), (16, 16), (5, 16), (33, 4)])
@@ -31,6 +34,16 @@ def test_random_order_depends_on_seed_and_epoch_only_and_its_length_is_exact(dro
     assert list(a) != first
     assert len(set(a)) == (272 if drop_last else 284)  # every example once (and, filled, 4 again), none lost
     assert list(SeededRandomSampler(284, 16, seed=4)) != list(SeededRandomSampler(284, 16, seed=3))
+
+
+@pytest.mark.parametrize("size, batch, drop_last", [(284, 16, False), (284, 16, True), (5, 16, False), (3, 4, True),
+                                                    (0, 4, False), (40, 40, False)])
+def test_random_order_read_block_by_block_is_whole_batches_of_the_shuffle(monkeypatch, size, batch, drop_last):
+    monkeypatch.setattr(sampling, "ORDER_BLOCK", 7)  # blocks that end inside a batch, and in the fill
+    sampler = SeededRandomSampler(size, batch, seed=5, drop_last=drop_last)
+    sampler.set_epoch(2)
+    shuffle = torch.randperm(size, generator=order_generator(5, 2)).tolist()
+    assert list(sampler) == whole_batches(shuffle, batch, drop_last)
 
 
 def mean_spread(order: list[int], lengths: list[int], batch: int) -> float:

@@ -19,6 +19,7 @@ from itertools import chain
 import torch
 from transformers import TrainerCallback
 
+from bigmodel_cli.memory import MappedPages
 from bigmodel_cli.seeds import derive_seed
 
 MASK32 = 0xFFFFFFFF
@@ -157,6 +158,7 @@ class MLMCollator:
         self.on_device = on_device  # leave the masks to `DeviceMasks`, drawn where the batch trains
         self.epoch = 0
         self._tables: dict = {}
+        self.read = MappedPages(random=True)  # rows drawn at random from a memory map: not kept resident
 
     def __getstate__(self) -> dict:
         """What a loader worker gets: the tables cached on a GPU stay behind (a worker would share them
@@ -183,6 +185,7 @@ class MLMCollator:
                           at_least_one)
 
     def __call__(self, rows: list[dict]) -> dict[str, torch.Tensor]:
+        self.read()
         input_ids, positions, segment, example_ids = self.lay_out(rows)
         out = {"input_ids": input_ids}
         if self.on_device:

@@ -22,6 +22,7 @@ import torch.nn.functional as F
 from transformers import BertForPreTraining
 from transformers.utils import ModelOutput
 
+from bigmodel_cli.memory import MappedPages
 from bigmodel_cli.mlm.corpus import MAX_LINE_CHARS
 from bigmodel_cli.mlm.masking import MLMCollator
 from bigmodel_cli.seeds import derive_seed
@@ -98,7 +99,10 @@ def tokenize_pairs(recipe, tokenizer, lines, documents: np.ndarray, path, num_pr
     import pyarrow as pa
     from datasets import Dataset, Features, List, Value
 
+    read = MappedPages()  # the text read through the map is not kept resident (`tokenize_lines`)
+
     def encode(batch):  # one row per line (a pair's segment is cut to fit anyway)
+        read()
         texts = [t[:MAX_LINE_CHARS] for t in batch["text"]]
         return {"input_ids": tokenizer(texts, add_special_tokens=False)["input_ids"]}
 

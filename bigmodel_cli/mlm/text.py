@@ -17,6 +17,7 @@ from pathlib import Path
 
 import numpy as np
 
+from bigmodel_cli.memory import MappedPages
 from bigmodel_cli.mlm import cache
 from bigmodel_cli.mlm.corpus import Corpus, bounded
 from bigmodel_cli.recipe import PretrainRecipe
@@ -31,8 +32,10 @@ def tokenize_lines(dataset, tokenizer, max_seq_length: int, num_proc: int | None
     """`text` lines -> examples with `input_ids` ([CLS] piece [SEP], at most max_seq_length) and a
     unique `example_id` that seeds the example's masks."""
     cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
+    read = MappedPages()  # each worker reads its part of the text through the map: not kept resident
 
     def encode(batch):
+        read()
         pieces = []
         for ids in tokenizer(bounded(batch["text"]), add_special_tokens=False)["input_ids"]:
             pieces.extend([cls_id, *piece, sep_id] for piece in chunk_line(ids, max_seq_length - 2))
