@@ -22,6 +22,9 @@ gemm: this CPU's matrix-multiply peak, to put achieved FLOP/s against.
 --gpu (`make bench-gpu`): the same comparisons on one GPU, BERT-base fp32 against bf16 with MFU, a
   one-process NCCL launch (--sections main), and ours with one setting changed (--sections variants:
   bf16, torch.compile, loader workers, host masks, buckets, evaluation batch 256). --dry-run: the same on any machine.
+  Our training runs go under `torch.cuda.set_sync_debug_mode("warn")`: each one's `host_syncs` counts
+  the operations that made the host wait for the GPU, step by step, and the steps that stalled
+  outside logging (`HostSyncs`).
 
 Each side trains and evaluates in a process of its own, as its command would run: ours with the
 process settings `bigmodel`'s commands make (freed memory kept for reuse), the peer with Python's
@@ -39,7 +42,10 @@ import statistics
 import sys
 import tempfile
 import time
+import warnings
+from collections import Counter
 from concurrent.futures import ProcessPoolExecutor
+from contextlib import contextmanager
 from pathlib import Path
 
 os.environ.setdefault("HF_HUB_OFFLINE", "1")
@@ -161,6 +167,70 @@ def side_process(ours: bool) -> ProcessPoolExecutor:
 # ---------------------------------------------------------------------------------------------
 # finetune
 # ---------------------------------------------------------------------------------------------
+class HostSyncs:
+    """Training watched for host stalls: on a GPU under `torch.cuda.set_sync_debug_mode("warn")`, which
+    warns at every operation that makes the host wait for the device (`.item()`, a copy to the host, a
+    copy from pageable memory, `nonzero`...). The warnings are counted per optimizer step: the window
+    from one step's end to the next's, so a logging step's reads (Trainer logs after the step end)
+    fall in the window after it. Expected there, and in the first window (set-up); anywhere else a
+    stall. Off a GPU nothing warns: the counts stay 0 (`watched` says so)."""
+
+    def __init__(self, cuda: bool):
+        self.cuda, self.windows, self.where = cuda, [], Counter()
+        self._caught = self._records = None
+        self._seen, self._reads_anyway = 0, True  # the first window holds the set-up
+
+    def on_train_begin(self, args, state, control, **kwargs):
+        self._caught = warnings.catch_warnings(record=True)
+        self._records = self._caught.__enter__()
+        warnings.simplefilter("always")
+        if self.cuda:
+            torch.cuda.set_sync_debug_mode("warn")
+
+    def on_step_end(self, args, state, control, **kwargs):
+        new = [r for r in self._records[self._seen:] if "synchroniz" in str(r.message)]
+        self._seen = len(self._records)
+        self.where.update(f"{Path(r.filename).name}:{r.lineno}" for r in new)
+        logs = control.should_log or control.should_save or control.should_evaluate or control.should_training_stop
+        self.windows.append((len(new), self._reads_anyway or logs))
+        self._reads_anyway = logs  # its reads come after this step's end
+
+    def on_train_end(self, args, state, control, **kwargs):
+        if self.cuda:
+            torch.cuda.set_sync_debug_mode("default")
+        if self._caught is not None:
+            self._caught.__exit__(None, None, None)
+            self._caught = None
+
+    def report(self) -> dict:
+        return {"watched": "torch.cuda.set_sync_debug_mode('warn')" if self.cuda else None, "steps": len(self.windows),
+                "syncs": sum(n for n, _ in self.windows),
+                "stalled_steps": sum(1 for n, expected in self.windows if n and not expected),
+                "where": dict(self.where.most_common(8))}
+
+
+@contextmanager
+def watched_syncs():
+    """Every Trainer made inside gets a `HostSyncs` callback (last, after the run's own)."""
+    from transformers import TrainerCallback
+
+    from bigmodel_cli.trainer import trainer as module
+
+    watch = type("WatchedSyncs", (HostSyncs, TrainerCallback), {})(torch.cuda.is_available())
+    original = module.CountingTrainer.__init__
+
+    def init(self, *args, **kwargs):
+        original(self, *args, **kwargs)
+        self.add_callback(watch)
+
+    module.CountingTrainer.__init__ = init
+    try:
+        yield watch
+    finally:
+        module.CountingTrainer.__init__ = original
+        watch.on_train_end(None, None, None)  # a run that raised
+
+
 def finetune_ours(mrpc: Path, work: Path, overrides: list[str], name: str = "ours-finetune"):
     """Trains; returns its figures and a function that evaluates the saved model once (samples/s)."""
     from bigmodel_cli.classification import finetuning
@@ -169,7 +239,8 @@ def finetune_ours(mrpc: Path, work: Path, overrides: list[str], name: str = "our
     recipe, _ = load_recipe("finetune", "finetune/mrpc", flags={"data.data_dir": str(mrpc)},
                             overrides=[*overrides, "training.report_to=[none]", "training.save_total_limit=1"])
     run_dir = work / name
-    metrics = finetuning.run(recipe, run_dir, quiet=True)
+    with watched_syncs() as syncs:
+        metrics = finetuning.run(recipe, run_dir, quiet=True)
     from bigmodel_cli.classification.data import encode, load_glue
     from bigmodel_cli.classification.inference import evaluate_classifier
     from bigmodel_cli.classification.model import load_saved_classifier
@@ -190,7 +261,7 @@ def finetune_ours(mrpc: Path, work: Path, overrides: list[str], name: str = "our
             "train_samples_per_second_steady": steady(run_dir, "examples_per_second"),
             "eval_samples_per_second_per_epoch": per_epoch_evaluation(run_dir),
             "eval_accuracy": metrics["eval_accuracy"], "eval_f1": metrics["eval_f1"],
-            "train_runtime": metrics["train_runtime"]}, evaluate
+            "train_runtime": metrics["train_runtime"], "host_syncs": syncs.report()}, evaluate
 
 
 def finetune_peer(mrpc: Path, work: Path, max_steps: int, epochs: float, model_name: str = MINILM):
@@ -415,11 +486,13 @@ def pretrain_ours(corpus: Path, work: Path, budget: float, tokenizer_dir: Path |
     if tokenizer_dir:
         overrides.append(f"tokenizer.name_or_path={tokenizer_dir}")
     recipe, _ = load_recipe("pretrain", "pretrain/bert-tiny", overrides=overrides)
-    metrics = pretrain.run(recipe, work / name, quiet=True)
+    with watched_syncs() as syncs:
+        metrics = pretrain.run(recipe, work / name, quiet=True)
     return {"train_tokens_per_second": metrics["train_tokens_per_second"],
             "train_tokens_per_second_steady": steady(work / name, "tokens_per_second"),
             "train_lines_per_second": metrics["train_lines_per_second"],
-            "train_real_tokens": metrics["train_real_tokens"], "model_parameters": metrics["model_parameters"]}
+            "train_real_tokens": metrics["train_real_tokens"], "model_parameters": metrics["model_parameters"],
+            "host_syncs": syncs.report()}
 
 
 def pretrain_peer(corpus: Path, work: Path, budget: float, tokenizer_dir: Path) -> dict:
@@ -480,12 +553,13 @@ def pretrain_base(corpus: Path, work: Path, budget: float, bf16: bool, dry_run: 
                       "training.logging_steps=2"]
     recipe, _ = load_recipe("pretrain", "pretrain/bert-base", overrides=[*overrides, *extra])
     run_dir = work / (name or f"base-{'bf16' if bf16 else 'fp32'}")
-    metrics = pretrain.run(recipe, run_dir, quiet=True)
+    with watched_syncs() as syncs:
+        metrics = pretrain.run(recipe, run_dir, quiet=True)
     keys = ("train_tokens_per_second", "train_model_flops_per_second", "model_flops_utilization", "train_real_tokens",
             "train_step_seconds", "perplexity")
     return {**{k: metrics[k] for k in keys if k in metrics},
             "train_tokens_per_second_steady": steady(run_dir, "tokens_per_second"),
-            "model_flops_utilization_steady": steady(run_dir, "model_flops_utilization")}
+            "model_flops_utilization_steady": steady(run_dir, "model_flops_utilization"), "host_syncs": syncs.report()}
 
 
 def nccl_launch(work: Path, dry_run: bool) -> dict:
@@ -771,6 +845,12 @@ def _times(x) -> str:
     return "-" if x is None else f"{x:.3g}x"
 
 
+def _stalls(*runs: dict) -> str:
+    """Steps with host syncs outside logging, per run ("-": not watched, i.e. no GPU)."""
+    counts = [run.get("host_syncs") or {} for run in runs]
+    return "/".join(str(c["stalled_steps"]) if c.get("watched") else "-" for c in counts)
+
+
 def summary_line(name: str, section: dict) -> str:
     f, times = _figure, _times
     if "error" in section:
@@ -779,17 +859,19 @@ def summary_line(name: str, section: dict) -> str:
         o, p, r = section["ours"], section["peer"], section["ratio"]
         return (f"finetune: train {f(o['train_samples_per_second'])} vs {f(p['train_samples_per_second'])} ex/s "
                 f"({times(r['train_samples_per_second'])}), eval {times(r['eval_samples_per_second'])}; dev acc/F1 "
-                f"{f(o['eval_accuracy'])}/{f(o['eval_f1'])} vs {f(p['eval_accuracy'])}/{f(p['eval_f1'])}")
+                f"{f(o['eval_accuracy'])}/{f(o['eval_f1'])} vs {f(p['eval_accuracy'])}/{f(p['eval_f1'])}; stalled steps {_stalls(o)}")
     if name == "pretrain_tiny":
         o, p, r = section["ours"], section["peer"], section["ratio"]
         return (f"pretrain_tiny: {f(o['train_tokens_per_second'])} vs {f(p['train_tokens_per_second'])} tokens/s "
-                f"({times(r['train_tokens_per_second'])}); perplexity {f(o['perplexity'])} vs {f(p['perplexity'])}")
+                f"({times(r['train_tokens_per_second'])}); perplexity {f(o['perplexity'])} vs {f(p['perplexity'])}; "
+                f"stalled steps {_stalls(o)}")
     if name == "pretrain_base":
         cells = [f"{k} {f(section[k]['train_tokens_per_second'])} tokens/s (steady {f(section[k]['train_tokens_per_second_steady'])}, "
                  f"MFU {f(section[k].get('model_flops_utilization'))}, steady {f(section[k]['model_flops_utilization_steady'])})"
                  for k in ("fp32", "bf16")]
         return (f"pretrain_base: {'; '.join(cells)}; bf16/fp32 {times(section['bf16_over_fp32'])} "
-                f"(steady {times(section['bf16_over_fp32_steady'])})")
+                f"(steady {times(section['bf16_over_fp32_steady'])}); stalled steps fp32/bf16 "
+                f"{_stalls(section['fp32'], section['bf16'])}")
     if name == "nccl_launch":
         return f"nccl_launch: exit {section['returncode']} ({section['backend']}), perplexity {f(section['perplexity'])}"
     return f"{name}: " + ", ".join(f"{k} {times(v)}" for k, v in section["ratio"].items())

@@ -97,3 +97,48 @@ def test_sections_are_named_by_group_or_name_and_a_typo_is_an_error(capsys):
     assert len(bench.section_names("all")) == len(bench.GPU_SECTIONS) == 12
     with pytest.raises(SystemExit, match="--sections finetune_bf17: no such section"):
         bench.section_names("main,finetune_bf17")
+
+
+def test_host_syncs_are_counted_per_step_and_expected_only_after_set_up_or_a_logging_step():
+    import warnings
+
+    watch = bench.HostSyncs(cuda=False)
+
+    def control(log=False):
+        return types.SimpleNamespace(should_log=log, should_save=False, should_evaluate=False, should_training_stop=False)
+
+    def sync():  # what torch.cuda.set_sync_debug_mode("warn") raises at each synchronizing operation
+        warnings.warn("called a synchronizing CUDA operation", UserWarning)
+
+    watch.on_train_begin(None, None, None)
+    sync()  # set-up, before the first step ends
+    watch.on_step_end(None, None, control())
+    watch.on_step_end(None, None, control(log=True))
+    sync()  # the logging step's read of its loss (Trainer logs after the step end)
+    watch.on_step_end(None, None, control())
+    sync()
+    sync()
+    warnings.warn("an unrelated warning")
+    watch.on_step_end(None, None, control())  # a stall: two syncs in a step that logs nothing
+    watch.on_train_end(None, None, None)
+    report = watch.report()
+    assert report["steps"] == 4 and report["syncs"] == 4 and report["stalled_steps"] == 1
+    assert report["watched"] is None  # no GPU: nothing would warn for real
+    assert sum(report["where"].values()) == 4 and all(k.startswith("test_bench_gpu.py:") for k in report["where"])
+    assert bench._stalls({"host_syncs": report}) == "-"
+    assert bench._stalls({"host_syncs": {**report, "watched": "on"}}) == "1"
+
+
+@pytest.mark.smoke
+def test_the_bench_watches_every_training_step_of_a_real_run(tmp_path, pretrained):
+    from bigmodel_cli.commands import pretrain
+    from bigmodel_cli.recipe import load_recipe
+
+    recipe, _ = load_recipe("pretrain", "pretrain/tiny-debug", overrides=[
+        "training.max_steps=5", "training.logging_steps=2", "training.report_to=[none]", "training.save_strategy=no",
+        "training.eval_strategy=no", f"tokenizer.name_or_path={pretrained}"])
+    with bench.watched_syncs() as watch:
+        pretrain.run(recipe, tmp_path / "run", quiet=True)
+    report = watch.report()
+    assert report["steps"] == 5 and report["stalled_steps"] == 0
+    assert watch._caught is None  # the warnings filter is back as it was
