@@ -55,11 +55,13 @@ def write_corpus(source: Path, target: int, path: Path, seed: int = 0) -> int:
 
 class TreeMemory:
     """Samples a process and its descendants: peak RSS of the largest, of all together, and peak
-    anonymous RSS together (from /proc/PID/status)."""
+    anonymous RSS together (from /proc/PID/status); and the peak PSS of all together (from
+    /proc/PID/smaps_rollup: each shared page counted once, split between the processes that share
+    it, where summed RSS counts the pages forked workers share with their parent once per process)."""
 
     def __init__(self, pid: int, every: float = 0.2):
         self.pid, self.every = pid, every
-        self.largest = self.total = self.anon = 0
+        self.largest = self.total = self.anon = self.pss = self.pss_anon = 0
         self.processes = 0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
@@ -74,15 +76,18 @@ class TreeMemory:
                 tree = [root, *root.children(recursive=True)]
             except psutil.NoSuchProcess:
                 return
-            rss, anon = [], 0
+            rss, anon, pss, pss_anon = [], 0, 0, 0
             for p in tree:
                 status = read_status(p.pid)
                 if status:
                     rss.append(status.get("VmRSS", 0))
                     anon += status.get("RssAnon", 0)
+                    pss += status.get("Pss", 0)
+                    pss_anon += status.get("Pss_Anon", 0)
             if rss:
                 self.largest, self.total = max(self.largest, max(rss)), max(self.total, sum(rss))
                 self.anon, self.processes = max(self.anon, anon), max(self.processes, len(rss))
+                self.pss, self.pss_anon = max(self.pss, pss), max(self.pss_anon, pss_anon)
             time.sleep(self.every)
 
     def stop(self) -> dict:
@@ -90,19 +95,22 @@ class TreeMemory:
         self._thread.join()
         gb = 1024 ** 2  # /proc reports kB
         return {"peak_rss_gb_largest_process": round(self.largest / gb, 3), "peak_rss_gb_all": round(self.total / gb, 3),
-                "peak_anon_rss_gb_all": round(self.anon / gb, 3), "processes": self.processes}
+                "peak_anon_rss_gb_all": round(self.anon / gb, 3), "peak_pss_gb_all": round(self.pss / gb, 3),
+                "peak_anon_pss_gb_all": round(self.pss_anon / gb, 3), "processes": self.processes}
 
 
 def read_status(pid: int) -> dict[str, int]:
-    try:
-        text = Path(f"/proc/{pid}/status").read_text()
-    except OSError:
-        return {}
+    """VmRSS and RssAnon (/proc/PID/status), Pss and Pss_Anon (/proc/PID/smaps_rollup), in kB."""
     out = {}
-    for line in text.splitlines():
-        key, _, value = line.partition(":")
-        if key in ("VmRSS", "RssAnon"):
-            out[key] = int(value.split()[0])
+    for name, keys in (("status", ("VmRSS", "RssAnon")), ("smaps_rollup", ("Pss", "Pss_Anon"))):
+        try:
+            text = Path(f"/proc/{pid}/{name}").read_text()
+        except OSError:
+            return out
+        for line in text.splitlines():
+            key, _, value = line.partition(":")
+            if key in keys:
+                out[key] = int(value.split()[0])
     return out
 
 
@@ -224,8 +232,9 @@ def one_size(label: str, source: Path, work: Path) -> dict:
 
 
 def table(report: dict) -> str:
-    rows = ["| corpus | run | first step s | read / tokenizer / tokenize / pack s | wall s | peak RSS GB (largest, all, anon) | cache GB |",
-            "| --- | --- | --- | --- | --- | --- | --- |"]
+    rows = ["| corpus | run | first step s | read / tokenizer / tokenize / pack s | wall s | peak RSS GB (largest, all, anon) "
+            "| peak PSS GB (all, anon) | cache GB |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
     for label, result in report["sizes"].items():
         for run in ("ours_first", "ours_again", "peer"):
             f = result[run]
@@ -233,7 +242,7 @@ def table(report: dict) -> str:
             disk = f.get("cache_disk_gb", 0) + f.get("datasets_cache_disk_gb", 0)
             rows.append(f"| {label} | {run} | {f['first_step_seconds']:.1f} | {phases} | {f['wall_seconds']:.0f} | "
                         f"{f['peak_rss_gb_largest_process']:.2f}, {f['peak_rss_gb_all']:.2f}, {f['peak_anon_rss_gb_all']:.2f} | "
-                        f"{disk:.2f} |")
+                        f"{f.get('peak_pss_gb_all', 0):.2f}, {f.get('peak_anon_pss_gb_all', 0):.2f} | {disk:.2f} |")
     return "\n".join(rows)
 
 
@@ -258,8 +267,10 @@ def main() -> None:
             opts.out.write_text(json.dumps(report, indent=2))  # after each size: a long run that breaks keeps what it measured
             print(table({"sizes": {label: report["sizes"][label]}}).splitlines()[-3:], flush=True)
     sizes = list(report["sizes"].values())
-    anon = [s["ours_first"]["peak_anon_rss_gb_all"] for s in sizes]
-    report["flat"] = {"peak_anon_rss_gb_ours_first": anon, "largest_over_smallest": round(max(anon) / min(anon), 2)}
+    report["flat"] = {}
+    for key in ("peak_rss_gb_largest_process", "peak_pss_gb_all", "peak_anon_rss_gb_all"):  # ours, first run, by size
+        figures = [s["ours_first"][key] for s in sizes]
+        report["flat"][key] = {"by_size": figures, "largest_over_smallest": round(max(figures) / min(figures), 2)}
     opts.out.write_text(json.dumps(report, indent=2))
     print(table(report))
 
