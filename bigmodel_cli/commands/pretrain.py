@@ -68,16 +68,20 @@ class Prepared:
 def prepare(recipe: PretrainRecipe, run_dir: Path | None) -> Prepared:
     """The corpus's lines, the tokenizer (into `run_dir`, where one is given) and the rows, each from
     the cache where it is there, made and cached where not."""
+    from bigmodel_cli.memory import MappedPages
     from bigmodel_cli.mlm.configs import checkpoint_config
     from bigmodel_cli.mlm.corpus import load_corpus, stream_corpus
     from bigmodel_cli.mlm.stream import stream_rows
     from bigmodel_cli.mlm.text import tokenize_corpus
     from bigmodel_cli.mlm.tokenizer import get_tokenizer
 
+    release = MappedPages(every=1)  # after each phase: what it read through a memory map is not kept resident
     start = time.perf_counter()
     corpus = stream_corpus(recipe) if recipe.data.streaming else load_corpus(recipe)
+    release()
     seconds = {"read": time.perf_counter() - start}
     tokenizer, tokenizer_note = get_tokenizer(recipe, corpus, run_dir)
+    release()
     seconds["tokenizer"] = time.perf_counter() - start - seconds["read"]
     checkpoint = checkpoint_config(recipe) if recipe.model.name_or_path else None  # read once
     # packing and the sparse head are BERT's; other families: one line per row, the stock head
@@ -87,6 +91,7 @@ def prepare(recipe: PretrainRecipe, run_dir: Path | None) -> Prepared:
         rows, rows_note = stream_rows(recipe, tokenizer, corpus, packing), "rows made on the fly"
     else:
         rows, cached = tokenize_corpus(recipe, tokenizer, corpus, packing=packing, seconds=seconds)
+        release()
         rows_note = "rows from the cache" if cached else "rows prepared and cached"
     notes = [*corpus.notes, *([tokenizer_note] if tokenizer_note else []), rows_note]
     return Prepared(corpus.raw, tokenizer, checkpoint, bert, rows, notes,
