@@ -106,3 +106,34 @@ def test_the_collator_keeps_rows_drawn_at_random_out_of_resident_memory(tmp_path
             resident.append(mapping(path)[0])
     assert "rr" in mapping(path)[1]  # no read-around: a random row pulls in its own pages only
     assert max(resident) < 1_000, resident
+
+
+PREPARE = """
+import sys
+from bigmodel_cli.commands.pretrain import prepare
+from bigmodel_cli.recipe import load_recipe
+recipe, _ = load_recipe("pretrain", "pretrain/tiny-debug", overrides=[f"data.train_files=[{sys.argv[1]}]"])
+prepared = prepare(recipe, None)
+resident = {}
+current = None
+for line in open("/proc/self/smaps"):
+    fields = line.split()
+    if len(fields) >= 5 and "-" in fields[0] and ":" in fields[3]:
+        current = fields[5] if len(fields) > 5 else ""
+    elif fields[0] == "Rss:" and current.endswith(".arrow"):
+        resident[current] = resident.get(current, 0) + int(fields[1])
+print(len(prepared.rows[0]), sum(resident.values()))
+"""
+
+
+@pytest.mark.skipif(not sys.platform.startswith("linux"), reason="madvise and /proc/self/smaps: Linux")
+def test_preparing_a_corpus_keeps_none_of_its_arrow_files_resident(tmp_path):
+    lines = [f"line {i} of the corpus with some words in it and {i % 97} more" for i in range(60_000)]
+    (tmp_path / "corpus.txt").write_text("\n".join(lines) + "\n")
+    result = subprocess.run([sys.executable, "-c", PREPARE, str(tmp_path / "corpus.txt")], capture_output=True,
+                            text=True, timeout=600, env={**os.environ, "BIGMODEL_CACHE": str(tmp_path / "cache"),
+                                                         "HF_DATASETS_CACHE": str(tmp_path / "datasets")})
+    assert result.returncode == 0, result.stderr[-2000:]
+    rows, resident_kb = map(int, result.stdout.split()[-2:])
+    assert rows > 1_000
+    assert resident_kb < 256, resident_kb  # the text (4 MB) and rows (several MB) were read: none of it kept

@@ -32,7 +32,9 @@ def tokenize_lines(dataset, tokenizer, max_seq_length: int, num_proc: int | None
     """`text` lines -> examples with `input_ids` ([CLS] piece [SEP], at most max_seq_length) and a
     unique `example_id` that seeds the example's masks."""
     cls_id, sep_id = tokenizer.cls_token_id, tokenizer.sep_token_id
-    read = MappedPages()  # each worker reads its part of the text through the map: not kept resident
+    # Each worker reads its part of the (shuffled) lines through the map, each line mapping the 64 KB
+    # around it: handed back every batch, a worker holds one batch's pages (~80 MB), not its share of the text.
+    read = MappedPages(every=1, random=True)
 
     def encode(batch):
         read()
