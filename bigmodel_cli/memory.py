@@ -80,10 +80,12 @@ class MappedPages:
     Every page a process reads through a file's memory map stays mapped in it, and counts in its RSS,
     until the kernel needs the memory back: a pass over a 4 GB corpus leaves 4 GB "resident", and a
     random batch of 64 rows pulled in about 90 MB, the kernel mapping the pages around each one it
-    faults in (up to 64 KB) and reading ahead of it. The first call, and every `every`-th after it, drops the mapped pages from the process's page tables
-    (MADV_DONTNEED: the data stays in the file and in the page cache, and the next read maps it
-    again, a minor fault), and with `random` asks for no read-ahead (MADV_RANDOM: rows read in a
-    shuffled order; what a fault maps around its page is bounded by the call's cadence). Read-only mappings only; nothing is written or lost. A no-op off Linux.
+    faults in (up to 64 KB) and reading ahead of it. The first call, and every `every`-th after it,
+    drops the mapped pages from the process's page tables (MADV_DONTNEED: the data stays in the file
+    and in the page cache, and the next read maps it again, a minor fault); with `random` it also asks
+    for no read-ahead (MADV_RANDOM: rows read in a shuffled order). What stays mapped between two
+    calls is what those calls' reads touched, whatever the corpus size. Read-only mappings only;
+    nothing is written or lost. A no-op off Linux.
     """
 
     def __init__(self, every: int = 16, suffix: str = ".arrow", random: bool = False):
