@@ -1,5 +1,5 @@
 """What a process keeps of its memory: freed memory kept for reuse (no page faults on every training
-step), and pages read through a memory map not kept (`MappedPages`: RSS flat in the corpus size).
+step), and pages read through a memory map not kept (`MappedPages`).
 
 glibc's malloc hands each large block (128 KB and up, its threshold rising to at most 32 MB) to the
 kernel with its own mmap and gives it back on free; heap memory over the trim threshold goes back
@@ -75,7 +75,7 @@ def advise(ranges: list[tuple[int, int]], advice: int) -> bool:
 
 class MappedPages:
     """Keeps the pages of memory-mapped Arrow files (`datasets`' tables, the packed rows) out of this
-    process's resident memory, so that it stays flat however big the corpus.
+    process's resident memory: what it holds of them is bounded by its reads between two calls.
 
     Every page a process reads through a file's memory map stays mapped in it, and counts in its RSS,
     until the kernel needs the memory back: a pass over a 4 GB corpus leaves 4 GB "resident", and a
