@@ -57,12 +57,16 @@ class TreeMemory:
     """Samples a process and its descendants: peak RSS of the largest, of all together, and peak
     anonymous RSS together (from /proc/PID/status); and the peak PSS of all together (from
     /proc/PID/smaps_rollup: each shared page counted once, split between the processes that share
-    it, where summed RSS counts the pages forked workers share with their parent once per process)."""
+    it, where summed RSS counts the pages forked workers share with their parent once per process).
+    Each time the largest process reaches a new peak (at most once a second), what its RSS holds
+    (/proc/PID/smaps): anonymous memory, pages of memory-mapped Arrow files, pages of other files
+    (libraries), and when, in seconds from the start."""
 
     def __init__(self, pid: int, every: float = 0.2):
         self.pid, self.every = pid, every
         self.largest = self.total = self.anon = self.pss = self.pss_anon = 0
         self.processes = 0
+        self.start, self.at_peak, self._broken_down = time.perf_counter(), {}, 0.0
         self._stop = threading.Event()
         self._thread = threading.Thread(target=self._run, daemon=True)
         self._thread.start()
@@ -80,6 +84,10 @@ class TreeMemory:
             for p in tree:
                 status = read_status(p.pid)
                 if status:
+                    now = time.perf_counter()
+                    if status.get("VmRSS", 0) > self.largest and now - self._broken_down >= 1.0:
+                        self._broken_down = now
+                        self.at_peak = {**resident_parts(p.pid), "seconds": round(now - self.start, 1)}
                     rss.append(status.get("VmRSS", 0))
                     anon += status.get("RssAnon", 0)
                     pss += status.get("Pss", 0)
@@ -96,7 +104,33 @@ class TreeMemory:
         gb = 1024 ** 2  # /proc reports kB
         return {"peak_rss_gb_largest_process": round(self.largest / gb, 3), "peak_rss_gb_all": round(self.total / gb, 3),
                 "peak_anon_rss_gb_all": round(self.anon / gb, 3), "peak_pss_gb_all": round(self.pss / gb, 3),
-                "peak_anon_pss_gb_all": round(self.pss_anon / gb, 3), "processes": self.processes}
+                "peak_anon_pss_gb_all": round(self.pss_anon / gb, 3), "processes": self.processes,
+                "largest_process_at_peak": self.at_peak}
+
+
+def resident_parts(pid: int) -> dict[str, float]:
+    """A process's RSS in GB by what holds it (/proc/PID/smaps): anonymous memory (heap, tensors,
+    copies on write), pages of memory-mapped `.arrow` files, pages of other files (libraries)."""
+    parts, name = {"anon_gb": 0, "arrow_files_gb": 0, "other_files_gb": 0}, ""
+    try:
+        lines = Path(f"/proc/{pid}/smaps").read_text().splitlines()
+    except OSError:
+        return {}
+    rss = 0
+    for line in lines:
+        fields = line.split()
+        if not fields:
+            continue
+        if not fields[0].endswith(":"):  # a mapping's first line: range, perms, offset, dev, inode[, path]
+            name = fields[5] if len(fields) > 5 else ""
+        elif fields[0] == "Rss:":
+            rss = int(fields[1])
+        elif fields[0] == "Anonymous:":
+            anon = int(fields[1])
+            parts["anon_gb"] += anon
+            if name.startswith("/"):
+                parts["arrow_files_gb" if name.endswith(".arrow") else "other_files_gb"] += rss - anon
+    return {key: round(kb / 1024 ** 2, 3) for key, kb in parts.items()}
 
 
 def read_status(pid: int) -> dict[str, int]:
@@ -233,16 +267,19 @@ def one_size(label: str, source: Path, work: Path) -> dict:
 
 def table(report: dict) -> str:
     rows = ["| corpus | run | first step s | read / tokenizer / tokenize / pack s | wall s | peak RSS GB (largest, all, anon) "
-            "| peak PSS GB (all, anon) | cache GB |",
-            "| --- | --- | --- | --- | --- | --- | --- | --- |"]
+            "| peak PSS GB (all, anon) | largest at its peak: anon, Arrow maps, other files GB (s) | cache GB |",
+            "| --- | --- | --- | --- | --- | --- | --- | --- | --- |"]
     for label, result in report["sizes"].items():
         for run in ("ours_first", "ours_again", "peer"):
             f = result[run]
             phases = " / ".join(str(round(f.get(f"prepare_{p}_seconds", 0), 1)) for p in ("read", "tokenizer", "tokenize", "pack"))
             disk = f.get("cache_disk_gb", 0) + f.get("datasets_cache_disk_gb", 0)
+            at = f.get("largest_process_at_peak") or {}
+            parts = (f"{at['anon_gb']:.2f}, {at['arrow_files_gb']:.2f}, {at['other_files_gb']:.2f} ({at['seconds']:.0f})"
+                     if "anon_gb" in at else "")
             rows.append(f"| {label} | {run} | {f['first_step_seconds']:.1f} | {phases} | {f['wall_seconds']:.0f} | "
                         f"{f['peak_rss_gb_largest_process']:.2f}, {f['peak_rss_gb_all']:.2f}, {f['peak_anon_rss_gb_all']:.2f} | "
-                        f"{f.get('peak_pss_gb_all', 0):.2f}, {f.get('peak_anon_pss_gb_all', 0):.2f} | {disk:.2f} |")
+                        f"{f.get('peak_pss_gb_all', 0):.2f}, {f.get('peak_anon_pss_gb_all', 0):.2f} | {parts} | {disk:.2f} |")
     return "\n".join(rows)
 
 

@@ -108,7 +108,7 @@ def test_host_syncs_are_counted_per_step_and_expected_only_after_set_up_or_a_log
         return types.SimpleNamespace(should_log=log, should_save=False, should_evaluate=False, should_training_stop=False)
 
     def sync():  # what torch.cuda.set_sync_debug_mode("warn") raises at each synchronizing operation
-        warnings.warn("called a synchronizing CUDA operation", UserWarning)
+        warnings.warn("called a synchronizing CUDA operation", UserWarning, stacklevel=2)
 
     watch.on_train_begin(None, None, None)
     sync()  # set-up, before the first step ends
@@ -118,7 +118,7 @@ def test_host_syncs_are_counted_per_step_and_expected_only_after_set_up_or_a_log
     watch.on_step_end(None, None, control())
     sync()
     sync()
-    warnings.warn("an unrelated warning")
+    warnings.warn("an unrelated warning", stacklevel=1)
     watch.on_step_end(None, None, control())  # a stall: two syncs in a step that logs nothing
     watch.on_train_end(None, None, None)
     report = watch.report()

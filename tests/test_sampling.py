@@ -4,7 +4,6 @@ trains on the same examples step by step (tests/test_distributed.py checks the l
 from __future__ import annotations
 
 import pytest
-
 import torch
 
 from bigmodel_cli.trainer import sampling
