@@ -106,6 +106,7 @@ def run(recipe: PretrainRecipe, run_dir: Path, resume_from: Path | None = None, 
     from bigmodel_cli.mlm.evaluation import perplexity
     from bigmodel_cli.mlm.masking import MLMCollator
     from bigmodel_cli.mlm.model import masked_lm
+    from bigmodel_cli.mlm.rowfile import read_with_pread
     from bigmodel_cli.mlm.trainer import MLMTrainer
     from bigmodel_cli.seeds import derive_seed
     from bigmodel_cli.trainer.arguments import check_precision, on_gpu, training_arguments
@@ -160,7 +161,7 @@ def run(recipe: PretrainRecipe, run_dir: Path, resume_from: Path | None = None, 
     trainer = MLMTrainer(
         model=model,
         args=args,
-        train_dataset=train_rows,
+        train_dataset=read_with_pread(train_rows),  # shuffled reads through the map would stay resident
         eval_dataset=eval_rows,
         data_collator=collator(tokenizer, probability, seed, positions=bert, whole_words=words, position_ids=bert,
                                   on_device=on_gpu(recipe.data.mask_on_device)),
