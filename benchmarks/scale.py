@@ -12,7 +12,8 @@ after another, each a process of its own, its whole process tree sampled for mem
   `DataCollatorForLanguageModeling`, `Trainer`.
 Recorded: wall seconds, seconds per phase (reading, tokenizer training, tokenizing, packing, to the
 first step), peak RSS of the largest process and of all together, peak anonymous RSS (memory not
-backed by a file: the memory-mapped corpus counts in RSS but the kernel can drop it), the disk the
+backed by a file: the memory-mapped corpus counts in RSS but the kernel can drop it), what the
+largest process's RSS held at its peak (anonymous memory, Arrow maps, other files), the disk the
 caches use, and training tokens/s over the 20 steps.
 """
 
