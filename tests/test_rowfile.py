@@ -46,7 +46,7 @@ def test_rows_read_with_pread_are_the_datasets_rows(tmp_path, monkeypatch):
 
 
 def test_only_whole_files_of_list_columns_are_read_with_pread(tmp_path, monkeypatch):
-    from datasets import Dataset
+    from datasets import Dataset, load_from_disk
 
     from bigmodel_cli.mlm.rowfile import RowFile, read_with_pread
 
@@ -57,8 +57,6 @@ def test_only_whole_files_of_list_columns_are_read_with_pread(tmp_path, monkeypa
     assert read_with_pread(in_memory) is in_memory
     labelled = Dataset.from_dict({"input_ids": [[1, 2]], "next_sentence_label": [0]})
     labelled.save_to_disk(str(tmp_path / "pairs"))
-    from datasets import load_from_disk
-
     pairs = load_from_disk(str(tmp_path / "pairs"))
     assert read_with_pread(pairs) is pairs  # a scalar column: not a packed rows file
     assert isinstance(read_with_pread(rows), RowFile)

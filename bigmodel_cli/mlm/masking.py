@@ -158,8 +158,9 @@ class MLMCollator:
         self.on_device = on_device  # leave the masks to `DeviceMasks`, drawn where the batch trains
         self.epoch = 0
         self._tables: dict = {}
-        # rows drawn at random from a memory map: each batch's pages handed back before the next batch is
-        # read (each row maps the whole page-cache folio holding it, up to 2 MB: ~150 MB for 64 rows)
+        # rows still read through a memory map (sentence pairs, held-out rows; packed training rows are read
+        # with pread, `rowfile.py`): each batch's pages handed back before the next batch is read (a row maps
+        # the whole page-cache folio holding it, up to 2 MB: ~150 MB for 64 random rows)
         self.read = MappedPages(every=1, random=True)
 
     def __getstate__(self) -> dict:
